@@ -1,0 +1,249 @@
+"""Django signals -> bus: model saves and deletes, custom signals and `publish`.
+
+Every event is encoded when the signal fires (the values as saved) and sent
+when the surrounding transaction commits (``transaction.on_commit``), so a
+rolled-back save publishes nothing, and nested atomic blocks behave exactly
+as Django's own ``on_commit`` does. Only the fields bound for a model go out:
+nothing is published unless the project said so.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
+from django.db import models, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import Signal
+
+from brokers.base import Broker
+from brokers.registry import open_broker
+from signalbus.conf import broker_url, get_settings
+from signalbus.errors import ConfigurationError, SignalbusError
+from signalbus.events import Event
+from signalbus.topics import pk_word, validate_topic
+
+__all__ = [
+    "bind_model",
+    "bind_models_from_settings",
+    "bind_signal",
+    "get_broker",
+    "publish",
+    "set_broker",
+]
+
+logger = logging.getLogger("signalbus.publish")
+
+
+class _ProcessBroker:
+    """The one broker handle of this process, opened on first publish.
+
+    Django under ASGI runs each sync view in a thread of its own request
+    context, so a per-thread connection would be rebuilt per request
+    (DESIGN.md, "Pitfalls"): one per process, thread-safe, is the rule.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._broker: Broker | None = None
+        self.failed = 0
+
+    def get(self) -> Broker:
+        with self._lock:
+            if self._broker is None:
+                url = broker_url()
+                broker = open_broker(url)
+                timeout = get_settings().zmq_connect_timeout
+                if hasattr(broker, "connect_timeout"):
+                    broker.connect_timeout = timeout
+                self._broker = broker
+            return self._broker
+
+    def set(self, broker: Broker | None) -> Broker | None:
+        with self._lock:
+            old, self._broker = self._broker, broker
+            return old
+
+
+_process = _ProcessBroker()
+
+
+def get_broker() -> Broker:
+    """The broker this process publishes to (from the settings, opened once)."""
+    return _process.get()
+
+
+def set_broker(broker: Broker | None) -> Broker | None:
+    """Replace this process's broker (tests, embedding); returns the previous one."""
+    return _process.set(broker)
+
+
+def _send(topic: str, event_id: str, body: bytes) -> None:
+    """Runs after commit: a failure is logged with the event's id and counted, never raised
+    into a request whose data is already committed."""
+    try:
+        get_broker().publish(topic, body)
+    except SignalbusError as exc:
+        _process.failed += 1
+        logger.error("event %s on %s not published: %s", event_id, topic, exc)
+
+
+def _enqueue(event: Event, using: str | None) -> None:
+    body = event.encode()
+    transaction.on_commit(partial(_send, event.topic, event.id, body), using=using)
+
+
+def publish(
+    topic: str,
+    data: Any = None,
+    *,
+    type: str | None = None,
+    subject: str | None = None,
+    using: str | None = None,
+) -> Event:
+    """Publish a custom event once the current transaction on ``using`` commits."""
+    validate_topic(topic)
+    event = Event.create(topic, data, type=type, subject=subject, source=get_settings().source)
+    _enqueue(event, using)
+    return event
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """Which fields of a model go out in its events."""
+
+    model: type[models.Model]
+    fields: tuple[tuple[str, models.Field[Any, Any]], ...]
+
+    def data(self, instance: models.Model) -> dict[str, Any]:
+        return {name: field.value_from_object(instance) for name, field in self.fields}
+
+    def event(self, instance: models.Model, action: str) -> Event:
+        meta = self.model._meta
+        word = pk_word(instance.pk)
+        return Event.create(
+            f"{meta.app_label}.{meta.model_name}.{word}.{action}",
+            self.data(instance),
+            type=f"{meta.app_label}.{meta.model_name}.{action}",
+            subject=_subject(instance, meta.app_label, meta.model_name, word),
+            source=get_settings().source,
+        )
+
+
+def _subject(instance: models.Model, app_label: str, model_name: str, word: str) -> str:
+    get_url = getattr(instance, "get_absolute_url", None)
+    if get_url is not None:
+        try:
+            return str(get_url())
+        except Exception:
+            logger.warning(
+                "%s.get_absolute_url() failed; the event's subject falls back to its pk",
+                type(instance).__name__,
+                exc_info=True,
+            )
+    return f"/{app_label}/{model_name}/{word}"
+
+
+def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBinding:
+    if isinstance(names, str) or not names:
+        raise ConfigurationError(
+            f"{model._meta.label}: 'fields' must be a non-empty list of field names"
+        )
+    resolved = []
+    for name in names:
+        try:
+            field = model._meta.get_field(name)
+        except FieldDoesNotExist:
+            known = ", ".join(f.name for f in model._meta.concrete_fields)
+            raise ConfigurationError(
+                f"{model._meta.label} has no field {name!r}; its fields: {known}"
+            ) from None
+        if not getattr(field, "concrete", False) or field.many_to_many:
+            raise ConfigurationError(
+                f"{model._meta.label}.{name} is not a concrete column; bind columns only"
+            )
+        resolved.append((name, field))
+    return ModelBinding(model, tuple(resolved))
+
+
+def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding:
+    """Publish ``created``/``updated``/``deleted`` events of ``model`` with only ``fields``."""
+    binding = _resolve_fields(model, list(fields))
+    uid = f"signalbus:{model._meta.label}"
+
+    def on_save(sender: Any, instance: models.Model, created: bool, raw: bool = False,
+                using: str | None = None, **kwargs: Any) -> None:
+        if raw:  # loaddata: fixtures are not application events
+            return
+        _enqueue(binding.event(instance, "created" if created else "updated"), using)
+
+    def on_delete(sender: Any, instance: models.Model, using: str | None = None,
+                  **kwargs: Any) -> None:
+        _enqueue(binding.event(instance, "deleted"), using)
+
+    post_save.connect(on_save, sender=model, weak=False, dispatch_uid=uid)
+    post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=uid)
+    return binding
+
+
+def unbind_model(model: type[models.Model]) -> None:
+    uid = f"signalbus:{model._meta.label}"
+    post_save.disconnect(sender=model, dispatch_uid=uid)
+    post_delete.disconnect(sender=model, dispatch_uid=uid)
+
+
+def bind_models_from_settings(table: Mapping[str, Mapping[str, Any]]) -> None:
+    """``SIGNALBUS["MODELS"]``: ``{"app_label.Model": {"fields": [...]}}``."""
+    for label, options in table.items():
+        try:
+            model = apps.get_model(label)
+        except (LookupError, ValueError) as exc:
+            raise ConfigurationError(f"SIGNALBUS['MODELS'][{label!r}]: {exc}") from None
+        if not isinstance(options, Mapping) or "fields" not in options:
+            raise ConfigurationError(
+                f"SIGNALBUS['MODELS'][{label!r}] must be {{'fields': [...]}}"
+            )
+        bind_model(model, options["fields"])
+
+
+# -- custom signals -------------------------------------------------------------------------
+
+
+class _TopicFormatter(string.Formatter):
+    """``"shop.order.{order.pk}.shipped"``: each value becomes one topic word."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        return pk_word(super().format_field(value, format_spec))
+
+
+def bind_signal(
+    signal: Signal,
+    topic: str,
+    data: Callable[..., Any] | None = None,
+    *,
+    type: str | None = None,
+    sender: Any = None,
+) -> Callable[..., None]:
+    """Publish an event each time ``signal`` is sent; ``topic`` is formatted with its
+    keyword arguments, ``data(**kwargs)`` gives the event's data (none by default)."""
+    formatter = _TopicFormatter()
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        kwargs.pop("signal", None)
+        resolved = formatter.format(topic, sender=sender, **kwargs)
+        payload = data(sender=sender, **kwargs) if data is not None else None
+        publish(resolved, payload, type=type)
+
+    uid = f"signalbus:{id(signal)}:{topic}"
+    signal.connect(receiver, sender=sender, weak=False, dispatch_uid=uid)
+    return receiver

@@ -1,0 +1,74 @@
+"""The transport protocol every broker adapter implements.
+
+A `Broker` is one process's handle on a transport: `Broker.publish` is called
+from any thread of a Django process; `Broker.consumer` gives the worker an
+asyncio `Consumer` that feeds its hub. Adapters map their driver's errors to
+`signalbus.errors` at this edge, so nothing above sees a pika or zmq exception.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+__all__ = ["Broker", "Capabilities", "Consumer", "Deliver"]
+
+# Called on the consumer's event loop with (topic, body) for every message.
+Deliver = Callable[[str, bytes], None]
+
+
+class Capabilities:
+    """What a transport promises, as data the docs and the worker can read."""
+
+    def __init__(self, *, durable: bool, acknowledged: bool, cross_process: bool) -> None:
+        self.durable = durable
+        self.acknowledged = acknowledged
+        self.cross_process = cross_process
+
+
+class Consumer(abc.ABC):
+    """The worker's side of a transport: a stream of (topic, body) for some patterns."""
+
+    @property
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether messages can arrive now (``/readyz``)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Bind or connect; raise a `signalbus.SignalbusError` the CLI can print in one line."""
+
+    @abc.abstractmethod
+    async def run(self, deliver: Deliver) -> None:
+        """Hand every message to ``deliver`` until cancelled, recovering from faults it can."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection; safe to call more than once."""
+
+
+class Broker(abc.ABC):
+    """One process's handle on a transport, chosen by URL scheme (see `brokers.registry`)."""
+
+    scheme: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    def publish(self, topic: str, body: bytes) -> None:
+        """Send one encoded event. Thread-safe; raises `signalbus.errors.BrokerError`."""
+
+    @abc.abstractmethod
+    def consumer(self, patterns: Sequence[str]) -> Consumer:
+        """A consumer of the events whose topics match ``patterns``."""
+
+    def close(self) -> None:  # noqa: B027 - optional for transports holding nothing
+        """Flush what is pending (bounded) and release the connection."""
+
+    def __repr__(self) -> str:
+        from signalbus.conf import mask_url
+
+        return f"<{type(self).__name__} {mask_url(self.url)}>"

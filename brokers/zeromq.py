@@ -1,0 +1,234 @@
+"""``zmq://HOST:PORT``: brokerless 0MQ PUB/SUB, the embedded default.
+
+URL: ``zmq://127.0.0.1:5560``. The worker binds a SUB socket there; every
+Django process connects to it, so a worker restart needs no restart of the
+Django processes (0MQ reconnects on its own). Messages are two frames: the
+topic and the event's JSON.
+
+Guarantee: at most once. PUB/SUB drops a message when no subscriber is
+connected, so this adapter makes each drop loud instead of silent:
+
+- the publishing socket is an XPUB, which sees subscriptions arrive, so the
+  first send waits (``SIGNALBUS["ZMQ_CONNECT_TIMEOUT"]``, default 1 s) until
+  the worker has subscribed: a short-lived process (a management command that
+  saves one object and exits) still delivers its event;
+- an event sent while no worker is subscribed is logged with its topic and
+  counted in ``ZeroMQBroker.dropped``;
+- a send past the high-water mark raises `PublishError` instead of vanishing
+  (``XPUB_NODROP``);
+- at exit the socket is closed with a linger, so queued events leave first.
+
+0MQ sockets are not thread-safe: one socket per process, used under a lock,
+and rebuilt in a forked child (a pre-forking server).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from signalbus.conf import mask_url
+from signalbus.errors import BrokerUnavailable, ConfigurationError, PublishError
+from signalbus.topics import validate_pattern
+
+from .base import Broker, Capabilities, Consumer, Deliver
+
+if TYPE_CHECKING:
+    import zmq
+    import zmq.asyncio
+
+__all__ = ["ZeroMQBroker", "ZeroMQConsumer", "parse_zmq_url"]
+
+logger = logging.getLogger("signalbus.brokers.zeromq")
+
+LINGER_MS = 2_000
+SEND_HWM = 100_000
+
+
+def parse_zmq_url(url: str) -> str:
+    """The 0MQ endpoint (``tcp://HOST:PORT``) of a ``zmq://`` URL, or `ConfigurationError`."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"bad 0MQ URL {mask_url(url)!r}: {exc}") from None
+    if parts.scheme != "zmq" or not parts.hostname or port is None:
+        raise ConfigurationError(f"bad 0MQ URL {mask_url(url)!r}: the form is zmq://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query:
+        raise ConfigurationError(f"bad 0MQ URL {mask_url(url)!r}: no path or query is allowed")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"tcp://{host}:{port}"
+
+
+class ZeroMQBroker(Broker):
+    """One XPUB socket per process, connected to the worker's SUB endpoint."""
+
+    scheme = "zmq"
+    capabilities = Capabilities(durable=False, acknowledged=False, cross_process=True)
+
+    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+        super().__init__(url)
+        self.endpoint = parse_zmq_url(url)
+        self.connect_timeout = connect_timeout
+        self.dropped = 0
+        self.sent = 0
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._socket: zmq.Socket[bytes] | None = None
+        self._subscriptions: set[bytes] = set()
+        self._waited = False
+
+    def publish(self, topic: str, body: bytes) -> None:
+        import zmq
+
+        with self._lock:
+            sock = self._connected()
+            self._read_subscriptions(sock, timeout_ms=0)
+            if not self._subscriptions and not self._waited:
+                # Connect before first send: wait once for the worker's subscription.
+                self._waited = True
+                self._read_subscriptions(sock, timeout_ms=int(self.connect_timeout * 1000))
+            if not self._subscriptions:
+                self.dropped += 1
+                logger.warning(
+                    "0MQ event on %s dropped: no worker is subscribed at %s (at-most-once)",
+                    topic,
+                    self.url,
+                )
+                return
+            try:
+                sock.send_multipart((topic.encode("ascii"), body), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                raise PublishError(
+                    f"0MQ send queue to {self.url} is full ({SEND_HWM} events): "
+                    f"the worker is not keeping up; event on {topic} not sent"
+                ) from None
+            except zmq.ZMQError as exc:
+                raise PublishError(f"0MQ send to {self.url} failed: {exc}") from exc
+            self.sent += 1
+
+    def _connected(self) -> zmq.Socket[bytes]:
+        if self._socket is not None and self._pid == os.getpid():
+            return self._socket
+        import zmq
+
+        # A fresh context in a forked child: the parent's sockets belong to the parent.
+        self._pid = os.getpid()
+        self._subscriptions.clear()
+        self._waited = False
+        self._context = zmq.Context()
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)
+        try:
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise BrokerUnavailable(f"cannot connect to {self.url}: {exc}") from exc
+        self._socket = sock
+        atexit.register(self.close)
+        return sock
+
+    def _read_subscriptions(self, sock: zmq.Socket[bytes], timeout_ms: int) -> None:
+        """Track which prefixes some worker subscribed to (XPUB reports them as messages)."""
+        while sock.poll(timeout_ms):
+            message = sock.recv()
+            if message[:1] == b"\x01":
+                self._subscriptions.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._subscriptions.discard(message[1:])
+            timeout_ms = 0
+
+    def close(self) -> None:
+        with self._lock:
+            sock, context = self._socket, self._context
+            self._socket = self._context = None
+            if sock is None or context is None or self._pid != os.getpid():
+                return
+            sock.close(linger=LINGER_MS)
+            context.term()
+
+    def consumer(self, patterns: Sequence[str]) -> Consumer:
+        return ZeroMQConsumer(self.url, self.endpoint, patterns)
+
+
+def _prefix(pattern: str) -> bytes:
+    """The literal words before the first wildcard: a 0MQ prefix subscription can filter on it."""
+    words = []
+    for word in validate_pattern(pattern).split("."):
+        if word in ("*", "#"):
+            break
+        words.append(word)
+    return ".".join(words).encode("ascii")
+
+
+class ZeroMQConsumer(Consumer):
+    """The worker's SUB socket, bound at the URL's address."""
+
+    def __init__(self, url: str, endpoint: str, patterns: Sequence[str]) -> None:
+        self.url = url
+        self.endpoint = endpoint
+        self.prefixes = sorted({_prefix(p) for p in patterns})
+        if b"" in self.prefixes:
+            self.prefixes = [b""]
+        self.malformed = 0
+        self._context: zmq.asyncio.Context | None = None
+        self._socket: zmq.asyncio.Socket | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._socket is not None
+
+    async def start(self) -> None:
+        import zmq
+        import zmq.asyncio
+
+        self._context = zmq.asyncio.Context()
+        sock = self._context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+        for prefix in self.prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            self._context.term()
+            self._context = None
+            reason = "address in use (is another worker running?)" if exc.errno == zmq.EADDRINUSE else exc
+            raise BrokerUnavailable(f"cannot bind {self.url}: {reason}") from None
+        self._socket = sock
+
+    async def run(self, deliver: Deliver) -> None:
+        if self._socket is None:
+            await self.start()
+        sock = self._socket
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()
+            if len(frames) != 2:
+                self.malformed += 1
+                logger.warning("0MQ message with %d frames ignored (expected topic, body)", len(frames))
+                continue
+            try:
+                topic = frames[0].decode("ascii")
+            except UnicodeDecodeError:
+                self.malformed += 1
+                logger.warning("0MQ message with a non-ASCII topic ignored: %r", frames[0][:80])
+                continue
+            deliver(topic, frames[1])
+
+    async def aclose(self) -> None:
+        sock, context = self._socket, self._context
+        self._socket = self._context = None
+        if sock is not None:
+            sock.close(linger=0)
+        if context is not None:
+            context.term()

@@ -1,0 +1,63 @@
+"""The lossless JSON codec for event data (DESIGN.md, "Events").
+
+A consumer that parses a value's string gets exactly the value that was saved:
+datetimes keep their microseconds and UTC offset (unlike Django's
+``DjangoJSONEncoder``, which cuts them to milliseconds), a Decimal is the
+string of its exact value. The output is always one line, as an SSE ``data:``
+field requires: ``json`` escapes every control character inside strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.utils.duration import duration_iso_string
+from django.utils.functional import Promise
+
+from .errors import InvalidEvent
+
+__all__ = ["dumps", "loads", "to_json_value"]
+
+
+def to_json_value(value: Any) -> Any:
+    """The JSON form of one value the standard encoder does not know."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, uuid.UUID | Promise):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return duration_iso_string(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"a {type(value).__name__} has no lossless JSON form: {value!r:.80}")
+
+
+_encode: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), default=to_json_value, allow_nan=False
+).encode
+
+
+def dumps(value: Any) -> bytes:
+    """One line of UTF-8 JSON; `InvalidEvent` for a value that has no lossless form."""
+    try:
+        return _encode(value).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"cannot encode event: {exc}") from exc
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON; `InvalidEvent` for anything that is not."""
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from exc

@@ -1,0 +1,146 @@
+"""``settings.SIGNALBUS``, read when first needed and checked once (DESIGN.md, "Settings").
+
+Nothing is read at import: a module that imports signalbus before Django is
+configured still works, and tests can override settings per case.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+from .topics import validate_pattern
+
+__all__ = ["DEFAULT_BROKER_URL", "Settings", "broker_url", "get_settings", "mask_url"]
+
+DEFAULT_BROKER_URL = "zmq://127.0.0.1:5560"
+ENV_BROKER_URL = "SIGNALBUS_BROKER_URL"
+
+_KNOWN = {
+    "BROKER_URL",
+    "MODELS",
+    "PUBLIC_TOPICS",
+    "AUTHORIZE",
+    "ALLOWED_ORIGINS",
+    "REPLAY_BUFFER",
+    "CLIENT_QUEUE",
+    "KEEPALIVE",
+    "RETRY_MS",
+    "SOURCE",
+    "ZMQ_CONNECT_TIMEOUT",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked ``SIGNALBUS`` dict; the defaults are the documented ones."""
+
+    broker_url: str = DEFAULT_BROKER_URL
+    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    public_topics: tuple[str, ...] = ()
+    authorize: Callable[[Any, str], bool] | None = None
+    allowed_origins: tuple[str, ...] = ()
+    replay_buffer: int = 10_000
+    client_queue: int = 1_000
+    keepalive: float = 15.0
+    retry_ms: int = 3_000
+    source: str | None = None
+    zmq_connect_timeout: float = 1.0
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a positive number, not {value!r}")
+    return kind(value)
+
+
+def _patterns(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key, ())
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a list of patterns, not {value!r}")
+    try:
+        return tuple(validate_pattern(p) for p in value)
+    except ValueError as exc:
+        raise ConfigurationError(f"SIGNALBUS[{key!r}]: {exc}") from None
+
+
+def _callable(raw: Mapping[str, Any], key: str) -> Callable[[Any, str], bool] | None:
+    value = raw.get(key)
+    if value is None or callable(value):
+        return value
+    if isinstance(value, str):
+        from django.utils.module_loading import import_string
+
+        try:
+            loaded: Callable[[Any, str], bool] = import_string(value)
+        except ImportError as exc:
+            raise ConfigurationError(f"SIGNALBUS[{key!r}]: cannot import {value!r}: {exc}") from None
+        return loaded
+    raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a callable or its dotted path")
+
+
+def parse_settings(raw: Mapping[str, Any]) -> Settings:
+    """Check a ``SIGNALBUS`` dict; `ConfigurationError` names the first bad key."""
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("settings.SIGNALBUS must be a dict")
+    unknown = sorted(set(raw) - _KNOWN)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown SIGNALBUS key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}"
+        )
+    models = raw.get("MODELS", {})
+    if not isinstance(models, Mapping):
+        raise ConfigurationError("SIGNALBUS['MODELS'] must map 'app_label.Model' to options")
+    origins = raw.get("ALLOWED_ORIGINS", ())
+    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+        raise ConfigurationError("SIGNALBUS['ALLOWED_ORIGINS'] must be a list of origins")
+    return Settings(
+        broker_url=str(raw.get("BROKER_URL", DEFAULT_BROKER_URL)),
+        models=models,
+        public_topics=_patterns(raw, "PUBLIC_TOPICS"),
+        authorize=_callable(raw, "AUTHORIZE"),
+        allowed_origins=tuple(o.rstrip("/") for o in origins),
+        replay_buffer=_positive(raw, "REPLAY_BUFFER", 10_000),
+        client_queue=_positive(raw, "CLIENT_QUEUE", 1_000),
+        keepalive=_positive(raw, "KEEPALIVE", 15.0, float),
+        retry_ms=_positive(raw, "RETRY_MS", 3_000),
+        source=raw.get("SOURCE"),
+        zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT", 1.0, float),
+    )
+
+
+def get_settings() -> Settings:
+    """The project's settings, checked. Needs Django configured."""
+    from django.conf import settings
+
+    return parse_settings(getattr(settings, "SIGNALBUS", {}))
+
+
+def broker_url(cli: str | None = None, configured: Settings | None = None) -> str:
+    """The broker URL, first found: ``--broker``, ``$SIGNALBUS_BROKER_URL``, the setting, default."""
+    if cli:
+        return cli
+    env = os.environ.get(ENV_BROKER_URL)
+    if env:
+        return env
+    return (configured or get_settings()).broker_url
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``**``, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:**@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

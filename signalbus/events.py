@@ -1,0 +1,169 @@
+"""The event: a CloudEvents 1.0 event in JSON structured mode (DESIGN.md, "Events").
+
+Ids are time-ordered within a process (string order is creation order), so a
+stream's ``Last-Event-ID`` names a point in time as well as an event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import codec
+from .errors import InvalidEvent
+from .topics import validate_topic
+
+__all__ = ["Event", "new_event_id"]
+
+_ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
+_REQUIRED = ("specversion", "id", "source", "type", "time", "datacontenttype", "topic")
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+class _IdClock:
+    """Strictly increasing nanoseconds plus a random node that differs per process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+        self._node = os.urandom(8).hex()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._lock = threading.Lock()
+        self._node = os.urandom(8).hex()
+
+    def next(self) -> tuple[str, int]:
+        with self._lock:
+            now = max(time.time_ns(), self._last + 1)
+            self._last = now
+        return f"{now:016x}{self._node}", now
+
+
+_clock = _IdClock()
+
+
+def new_event_id() -> str:
+    """A unique id, 32 hex digits, that sorts after every id this process made before."""
+    return _clock.next()[0]
+
+
+def _format_time(ns: int) -> str:
+    stamp = dt.datetime.fromtimestamp(ns // 1000 / 1e6, tz=dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_source() -> str:
+    return f"//{socket.gethostname()}"
+
+
+def _check_text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"event attribute {name!r} must be a non-empty string")
+    if _FORBIDDEN.search(value):
+        raise InvalidEvent(f"event attribute {name!r} contains CR, LF or NUL: {value!r:.80}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event. ``data`` is any JSON-encodable value (see `signalbus.codec`)."""
+
+    id: str
+    source: str
+    type: str
+    time: str
+    topic: str
+    data: Any = None
+    subject: str | None = None
+    specversion: str = "1.0"
+    datacontenttype: str = "application/json"
+    extensions: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not _ID.fullmatch(self.id):
+            raise InvalidEvent(
+                f"event id {self.id!r:.80} is not 1 to 64 characters of 0-9 a-z A-Z _ -"
+            )
+        for name in ("source", "type", "time", "specversion", "datacontenttype"):
+            _check_text(name, getattr(self, name))
+        if self.specversion != "1.0":
+            raise InvalidEvent(f"specversion {self.specversion!r} is not 1.0")
+        if self.subject is not None:
+            _check_text("subject", self.subject)
+        try:
+            validate_topic(self.topic)
+        except ValueError as exc:
+            raise InvalidEvent(f"event topic: {exc}") from exc
+
+    @classmethod
+    def create(
+        cls,
+        topic: str,
+        data: Any = None,
+        *,
+        type: str | None = None,
+        subject: str | None = None,
+        source: str | None = None,
+    ) -> Event:
+        """A new event with a fresh id and the current time."""
+        event_id, ns = _clock.next()
+        return cls(
+            id=event_id,
+            source=source or default_source(),
+            type=topic if type is None else type,
+            time=_format_time(ns),
+            topic=topic,
+            data=data,
+            subject=subject,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+        }
+        if self.subject is not None:
+            out["subject"] = self.subject
+        out["time"] = self.time
+        out["datacontenttype"] = self.datacontenttype
+        out["topic"] = self.topic
+        out.update(self.extensions)
+        if self.data is not None:
+            out["data"] = self.data
+        return out
+
+    def encode(self) -> bytes:
+        """The event as one line of JSON: the broker message body and the SSE ``data:``."""
+        return codec.dumps(self.to_dict())
+
+    @classmethod
+    def decode(cls, body: bytes | str) -> Event:
+        """Parse and check a message body; `InvalidEvent` says what is wrong with it."""
+        obj = codec.loads(body)
+        if not isinstance(obj, dict):
+            raise InvalidEvent(f"an event is a JSON object, not {type(obj).__name__}")
+        missing = [name for name in _REQUIRED if name not in obj]
+        if missing:
+            raise InvalidEvent(f"event lacks required attribute(s): {', '.join(missing)}")
+        known = {*_REQUIRED, "subject", "data"}
+        return cls(
+            id=obj["id"],
+            source=obj["source"],
+            type=obj["type"],
+            time=obj["time"],
+            topic=obj["topic"],
+            data=obj.get("data"),
+            subject=obj.get("subject"),
+            specversion=obj["specversion"],
+            datacontenttype=obj["datacontenttype"],
+            extensions={k: v for k, v in obj.items() if k not in known},
+        )

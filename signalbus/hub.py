@@ -1,0 +1,216 @@
+"""The in-process fan-out: one incoming event to every subscription whose pattern matches.
+
+Runs on the worker's event loop and is not thread-safe: the broker consumer
+hands events over with ``loop.call_soon_threadsafe`` when it lives elsewhere.
+Each event's SSE frame is encoded once and the same bytes are queued for
+every subscriber. A bounded replay buffer, in arrival order, serves
+``Last-Event-ID``; because subscribing and replaying happen in one step on
+the loop, a resumed stream has no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .events import Event, new_event_id
+from .topics import compile_pattern
+
+__all__ = ["Hub", "HubStats", "Subscription", "sse_frame"]
+
+_ROUTE_CACHE_LIMIT = 10_000
+
+
+def sse_frame(event_id: str, body: bytes) -> bytes:
+    """One SSE message: ``id:``, ``data:`` (the event's one-line JSON), blank line."""
+    return b"id: " + event_id.encode("ascii") + b"\ndata: " + body + b"\n\n"
+
+
+class Subscription:
+    """One stream's queue of frames, bounded: past ``limit`` it is closed, not slowed."""
+
+    __slots__ = ("_pending", "_waiter", "closed", "limit", "patterns", "reason")
+
+    def __init__(self, patterns: tuple[str, ...], limit: int) -> None:
+        self.patterns = patterns
+        self.limit = limit
+        self.closed = False
+        self.reason = ""
+        self._pending: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, frame: bytes) -> bool:
+        """Queue one frame; False when that closed the subscription for overflow."""
+        if self.closed:
+            return True
+        if len(self._pending) >= self.limit:
+            self.close("overflow")
+            return False
+        self._pending.append(frame)
+        self._wake()
+        return True
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reason = reason
+            self._pending = []
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self) -> list[bytes] | None:
+        """Every frame queued since the last call, or None once closed."""
+        while not self._pending and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.closed:
+            return None
+        batch, self._pending = self._pending, []
+        return batch
+
+
+@dataclass
+class HubStats:
+    """Counters read by ``/metrics``."""
+
+    events_received: int = 0
+    frames_queued: int = 0
+    overflow_disconnects: int = 0
+    replays: int = 0
+    resets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    seq: int
+    event_id: str
+    topic: str
+    frame: bytes
+
+
+class Hub:
+    """Fan-out from the broker to the streams, with the replay buffer for ``Last-Event-ID``."""
+
+    def __init__(self, *, replay_size: int = 10_000, queue_size: int = 1_000) -> None:
+        self.queue_size = queue_size
+        self.stats = HubStats()
+        self._held: deque[_Held] = deque(maxlen=replay_size)
+        self._seq = itertools.count(1)
+        # The hub's own starting point, so that a stream reset while nothing is
+        # held can still resume from "everything since" on its next reconnect.
+        self._origin = new_event_id()
+        self._index: dict[str, int] = {self._origin: 0}
+        self._by_pattern: dict[str, set[Subscription]] = {}
+        self._routes: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def subscriptions(self) -> int:
+        return len({s for subs in self._by_pattern.values() for s in subs})
+
+    def publish(self, event_id: str, topic: str, body: bytes) -> None:
+        """Hold one event for replay and queue its frame on every matching subscription."""
+        frame = sse_frame(event_id, body)
+        self._hold(event_id, topic, frame)
+        self.stats.events_received += 1
+        patterns = self._route(topic)
+        if not patterns:
+            return
+        if len(patterns) == 1:
+            targets: Iterable[Subscription] = self._by_pattern[patterns[0]]
+        else:
+            targets = {s for p in patterns for s in self._by_pattern[p]}
+        overflowed = []
+        count = 0
+        for sub in targets:
+            count += 1
+            if not sub.push(frame):
+                overflowed.append(sub)
+        self.stats.frames_queued += count - len(overflowed)
+        for sub in overflowed:
+            self.stats.overflow_disconnects += 1
+            self.unsubscribe(sub)
+
+    def subscribe(
+        self, patterns: tuple[str, ...], last_event_id: str | None = None
+    ) -> tuple[Subscription, list[bytes]]:
+        """A live subscription and the frames to send before it (replay, or a reset event)."""
+        sub = Subscription(patterns, self.queue_size)
+        for pattern in patterns:
+            if pattern not in self._by_pattern:
+                self._by_pattern[pattern] = set()
+                self._routes.clear()
+            self._by_pattern[pattern].add(sub)
+        if last_event_id is None:
+            return sub, []
+        return sub, self._replay(patterns, last_event_id)
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close(sub.reason or "unsubscribed")
+        for pattern in sub.patterns:
+            subs = self._by_pattern.get(pattern)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_pattern[pattern]
+                    self._routes.clear()
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        for sub in {s for subs in self._by_pattern.values() for s in subs}:
+            sub.close(reason)
+        self._by_pattern.clear()
+        self._routes.clear()
+
+    def _hold(self, event_id: str, topic: str, frame: bytes) -> None:
+        held = self._held
+        if held.maxlen is not None and len(held) == held.maxlen:
+            oldest = held[0]
+            self._index.pop(oldest.event_id, None)
+            self._index.pop(self._origin, None)
+        seq = next(self._seq)
+        held.append(_Held(seq, event_id, topic, frame))
+        self._index[event_id] = seq
+
+    def _route(self, topic: str) -> tuple[str, ...]:
+        """The patterns that match ``topic``, cached until the set of patterns changes."""
+        patterns = self._routes.get(topic)
+        if patterns is None:
+            patterns = tuple(p for p in self._by_pattern if compile_pattern(p)(topic))
+            if len(self._routes) >= _ROUTE_CACHE_LIMIT:
+                self._routes.clear()
+            self._routes[topic] = patterns
+        return patterns
+
+    def _replay(self, patterns: tuple[str, ...], last_event_id: str) -> list[bytes]:
+        seq = self._index.get(last_event_id)
+        if seq is None:
+            self.stats.resets += 1
+            return [self._reset_frame()]
+        self.stats.replays += 1
+        held = self._held
+        start = seq - held[0].seq + 1 if held else 0
+        matchers = [compile_pattern(p) for p in patterns]
+        return [
+            h.frame
+            for h in itertools.islice(held, max(start, 0), None)
+            if any(m(h.topic) for m in matchers)
+        ]
+
+    def _reset_frame(self) -> bytes:
+        """The ``signalbus.reset`` event: its id is the newest held, to resume from there."""
+        newest = self._held[-1].event_id if self._held else self._origin
+        event = Event.create(
+            "signalbus.reset",
+            {"reason": "Last-Event-ID unknown or older than this worker's replay buffer"},
+        )
+        return sse_frame(newest, dataclasses.replace(event, id=newest).encode())
