@@ -56,6 +56,8 @@ class Broker(abc.ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # Events the transport discarded by design (at-most-once transports), logged each time.
+        self.dropped = 0
 
     @abc.abstractmethod
     def publish(self, topic: str, body: bytes) -> None:

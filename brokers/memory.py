@@ -80,6 +80,7 @@ class MemoryConsumer(Consumer):
         while True:
             topic, body = await self._queue.get()
             deliver(topic, body)
+            await asyncio.sleep(0)  # let the streams write between messages
 
     async def aclose(self) -> None:
         with self._bus.lock:

@@ -24,6 +24,7 @@ and rebuilt in a forked child (a pre-forking server).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -75,7 +76,6 @@ class ZeroMQBroker(Broker):
         super().__init__(url)
         self.endpoint = parse_zmq_url(url)
         self.connect_timeout = connect_timeout
-        self.dropped = 0
         self.sent = 0
         self._lock = threading.Lock()
         self._pid = 0
@@ -224,6 +224,9 @@ class ZeroMQConsumer(Consumer):
                 logger.warning("0MQ message with a non-ASCII topic ignored: %r", frames[0][:80])
                 continue
             deliver(topic, frames[1])
+            # A ready socket returns without suspending: yield, so that the streams
+            # write between messages and a burst does not overflow clients that keep up.
+            await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         sock, context = self._socket, self._context

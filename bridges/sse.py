@@ -1,0 +1,233 @@
+"""Bus -> browsers: the SSE endpoint of DESIGN.md as a Starlette app on sse-starlette.
+
+Deliberate choices:
+
+- Each event's frame is encoded once by the hub; a stream yields the bytes of
+  everything queued since its last write, joined, so a burst costs one send
+  per client, not one per event (DESIGN.md, "Pitfalls").
+- A client that stops reading is not waited for: its queue is bounded
+  (``CLIENT_QUEUE``) and, past it, the stream is closed; a send blocked longer
+  than ``send_timeout`` ends the response too. Either way the client resumes
+  with ``Last-Event-ID``.
+- Errors are JSON ``{"error": ...}`` with the status the contract names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from signalbus.access import Decision, decide, is_public, session_user
+from signalbus.conf import Settings
+from signalbus.errors import InvalidTopic
+from signalbus.hub import Hub, Subscription
+from signalbus.topics import validate_pattern
+
+__all__ = ["MAX_TOPICS", "StreamStats", "create_app"]
+
+logger = logging.getLogger("signalbus.sse")
+
+MAX_TOPICS = 32
+_EVENT_ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
+_REPLAY_CHUNK = 512
+
+
+class StreamStats:
+    """Counters of the endpoint itself, read by ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.opened = 0
+        self.rejected: dict[int, int] = {}
+        self.send_timeouts = 0
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _cors_headers(request: Request, allowed: Sequence[str]) -> dict[str, str]:
+    """The exact allowed origin, echoed with credentials; anything else gets no grant."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and origin in allowed:
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Credentials": "true",
+            "Vary": "Origin",
+        }
+    return {"Vary": "Origin"} if allowed else {}
+
+
+def _last_event_id(request: Request) -> str | None:
+    """The id to resume after; a value no event could have becomes "unknown" (a reset)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    if raw is None or raw == "":
+        return None
+    return raw if _EVENT_ID.fullmatch(raw) else "-"
+
+
+async def _frames(
+    sub: Subscription, first: list[bytes], retry_ms: int, hub: Hub, stats: StreamStats
+) -> AsyncIterator[bytes]:
+    stats.open += 1
+    stats.opened += 1
+    try:
+        yield b"retry: %d\n\n" % retry_ms
+        for start in range(0, len(first), _REPLAY_CHUNK):
+            yield b"".join(first[start : start + _REPLAY_CHUNK])
+        while True:
+            batch = await sub.next_batch()
+            if batch is None:
+                return
+            yield batch[0] if len(batch) == 1 else b"".join(batch)
+    finally:
+        stats.open -= 1
+        hub.unsubscribe(sub)
+
+
+class _Stream:
+    """The SSE response, ending quietly when a send times out on a client that stopped reading."""
+
+    def __init__(self, response: EventSourceResponse, stats: StreamStats) -> None:
+        self.response = response
+        self.stats = stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        except SendTimeoutError:
+            self.stats.send_timeouts += 1
+            logger.info("closed a stream whose client stopped reading")
+
+
+def create_app(
+    hub: Hub,
+    settings: Settings,
+    *,
+    ready: Callable[[], bool],
+    collectors: Sequence[Collector] = (),
+    send_timeout: float = 30.0,
+) -> Starlette:
+    """The worker's web app: ``/events``, ``/healthz``, ``/readyz``, ``/metrics``."""
+    stats = StreamStats()
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_HubCollector(hub, stats))
+    for collector in collectors:
+        registry.register(collector)
+
+    def reject(status: int, message: str, cors: dict[str, str]) -> JSONResponse:
+        stats.rejected[status] = stats.rejected.get(status, 0) + 1
+        return _error(status, message, cors)
+
+    async def events(request: Request) -> Response:
+        cors = _cors_headers(request, settings.allowed_origins)
+        patterns = request.query_params.getlist("topic")
+        if not patterns:
+            return reject(400, "missing topic: ask for /events?topic=PATTERN", cors)
+        if len(patterns) > MAX_TOPICS:
+            return reject(400, f"{len(patterns)} topics asked; the limit is {MAX_TOPICS}", cors)
+        try:
+            patterns = list(dict.fromkeys(validate_pattern(p) for p in patterns))
+        except InvalidTopic as exc:
+            return reject(400, str(exc), cors)
+        decision = await _decide(request, patterns, settings)
+        if not decision.allowed:
+            return reject(decision.status, decision.reason, cors)
+        if request.method == "HEAD":
+            return Response(media_type="text/event-stream", headers=cors)
+        sub, first = hub.subscribe(tuple(patterns), _last_event_id(request))
+        response = EventSourceResponse(
+            _frames(sub, first, settings.retry_ms, hub, stats),
+            headers={"Cache-Control": "no-store", **cors},
+            ping=settings.keepalive,
+            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+            sep="\n",
+            send_timeout=send_timeout,
+        )
+        return _Stream(response, stats)  # type: ignore[return-value]
+
+    async def preflight(request: Request) -> Response:
+        cors = _cors_headers(request, settings.allowed_origins)
+        if "Access-Control-Allow-Origin" in cors:
+            cors["Access-Control-Allow-Methods"] = "GET"
+            cors["Access-Control-Allow-Headers"] = "Last-Event-ID, Authorization"
+            cors["Access-Control-Max-Age"] = "600"
+        return Response(status_code=204, headers=cors)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "broker not connected"}, status_code=503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/events", events, methods=["GET"]),
+            Route("/events", preflight, methods=["OPTIONS"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+async def _decide(request: Request, patterns: list[str], settings: Settings) -> Decision:
+    """Public patterns need no database; anything else looks up the session user in a thread."""
+    if all(is_public(p, settings.public_topics) for p in patterns):
+        return Decision(200)
+    cookies = dict(request.cookies)
+
+    def check() -> Decision:
+        return decide(patterns, settings, session_user(cookies))
+
+    return await anyio.to_thread.run_sync(check)
+
+
+class _HubCollector(Collector):
+    def __init__(self, hub: Hub, stats: StreamStats) -> None:
+        self.hub = hub
+        self.stats = stats
+
+    def collect(self) -> Any:
+        hub, stats = self.hub.stats, self.stats
+        yield GaugeMetricFamily("signalbus_sse_streams", "Open SSE streams", value=stats.open)
+        yield CounterMetricFamily(
+            "signalbus_sse_streams_opened", "SSE streams opened", value=stats.opened
+        )
+        rejected = CounterMetricFamily(
+            "signalbus_sse_rejected", "SSE requests refused, by status", labels=["status"]
+        )
+        for status, count in sorted(stats.rejected.items()):
+            rejected.add_metric([str(status)], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "signalbus_events_received", "Events taken into the hub", value=hub.events_received
+        )
+        yield CounterMetricFamily(
+            "signalbus_frames_queued", "Event frames queued for streams", value=hub.frames_queued
+        )
+        yield CounterMetricFamily(
+            "signalbus_slow_client_disconnects",
+            "Streams closed because their client did not keep up",
+            value=hub.overflow_disconnects + stats.send_timeouts,
+        )
+        yield CounterMetricFamily("signalbus_replays", "Last-Event-ID resumes", value=hub.replays)
+        yield CounterMetricFamily("signalbus_resets", "signalbus.reset events sent", value=hub.resets)

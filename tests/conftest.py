@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import WorkerProcess
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def shared_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """One worker on 0MQ for a module's tests that do not stop it."""
+    with WorkerProcess(tmp_path_factory.mktemp("worker")) as worker:
+        yield worker
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    class Factory(WorkerProcess):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(tmp_path, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Factory
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.stop()

@@ -1,0 +1,190 @@
+"""Real processes and real clients for the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """``python -m signalbus worker`` on free ports, stopped by PID."""
+
+    def __init__(self, tmp: Path, *, broker_url: str | None = None, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.broker_url = broker_url or f"zmq://{HOST}:{free_port()}"
+        self.url = f"http://{HOST}:{self.port}"
+        self.log_path = tmp / f"worker-{self.port}.log"
+        self.env = child_env(**(env or {}))
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "signalbus", "worker", "--settings", "tests.project.settings",
+                 "--host", HOST, "--port", str(self.port), "--broker", self.broker_url, *self.args],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+            )
+        wait_for(self._healthy, timeout=20)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log()}")
+        try:
+            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+class SSEReader:
+    """An SSE client in a thread: httpx on a real socket, httpx-sse parsing the wire."""
+
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 10,
+                 status: int = 200) -> None:
+        self.url = url
+        self.headers = headers or {}
+        self.events: queue.Queue[Any] = queue.Queue()
+        self.connected = threading.Event()
+        self.ended = threading.Event()
+        self.status: int | None = None
+        self.response_headers: httpx.Headers | None = None
+        self.body: bytes = b""
+        self.retry: int | None = None
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self.connected.wait(timeout):
+            raise TimeoutError(f"no response from {url}")
+        if self.status != status:
+            self.close()
+            raise AssertionError(f"{url} answered {self.status}, not {status}: {self.body!r}")
+
+    def _run(self) -> None:
+        try:
+            with connect_sse(self._client, "GET", self.url, headers=self.headers) as source:
+                self.status = source.response.status_code
+                self.response_headers = source.response.headers
+                if self.status != 200:
+                    self.body = source.response.read()
+                    self.connected.set()
+                    return
+                self.connected.set()
+                for sse in source.iter_sse():
+                    if sse.retry is not None:
+                        self.retry = sse.retry
+                    if sse.data:  # as a browser does: no data, no event dispatched
+                        self.events.put(sse)
+        except (httpx.HTTPError, RuntimeError, ValueError):
+            pass
+        finally:
+            self.connected.set()
+            self.ended.set()
+
+    def get(self, timeout: float = 5) -> Any:
+        return self.events.get(timeout=timeout)
+
+    def take(self, count: int, timeout: float = 10) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        return [self.events.get(timeout=max(0.01, deadline - time.monotonic())) for _ in range(count)]
+
+    def data(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        return [json.loads(sse.data) for sse in self.take(count, timeout)]
+
+    def assert_quiet(self, seconds: float = 0.3) -> None:
+        try:
+            extra = self.events.get(timeout=seconds)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected event: {extra.data}")
+
+    def close(self) -> None:
+        self._client.close()
+        self._thread.join(2)
+
+    def __enter__(self) -> SSEReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw_request(port: int, target: str, headers: str = "", read_for: float = 1.0,
+                until: bytes | None = None) -> bytes:
+    """Send one GET by hand and return what the server wrote within ``read_for`` seconds."""
+    with socket.create_connection((HOST, port), timeout=read_for) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode())
+        data = b""
+        deadline = time.monotonic() + read_for
+        while time.monotonic() < deadline and (until is None or until not in data):
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
