@@ -155,7 +155,8 @@ def _subject(instance: models.Model, app_label: str, model_name: str, word: str)
 
 
 def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBinding:
-    if isinstance(names, str) or not names:
+    names = [] if isinstance(names, str) else list(names)
+    if not names:
         raise ConfigurationError(
             f"{model._meta.label}: 'fields' must be a non-empty list of field names"
         )
@@ -178,17 +179,24 @@ def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBin
 
 def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding:
     """Publish ``created``/``updated``/``deleted`` events of ``model`` with only ``fields``."""
-    binding = _resolve_fields(model, list(fields))
+    binding = _resolve_fields(model, fields)
     uid = f"signalbus:{model._meta.label}"
 
-    def on_save(sender: Any, instance: models.Model, created: bool, raw: bool = False,
-                using: str | None = None, **kwargs: Any) -> None:
+    def on_save(
+        sender: Any,
+        instance: models.Model,
+        created: bool,
+        raw: bool = False,
+        using: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
         _enqueue(binding.event(instance, "created" if created else "updated"), using)
 
-    def on_delete(sender: Any, instance: models.Model, using: str | None = None,
-                  **kwargs: Any) -> None:
+    def on_delete(
+        sender: Any, instance: models.Model, using: str | None = None, **kwargs: Any
+    ) -> None:
         _enqueue(binding.event(instance, "deleted"), using)
 
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=uid)
@@ -210,9 +218,7 @@ def bind_models_from_settings(table: Mapping[str, Mapping[str, Any]]) -> None:
         except (LookupError, ValueError) as exc:
             raise ConfigurationError(f"SIGNALBUS['MODELS'][{label!r}]: {exc}") from None
         if not isinstance(options, Mapping) or "fields" not in options:
-            raise ConfigurationError(
-                f"SIGNALBUS['MODELS'][{label!r}] must be {{'fields': [...]}}"
-            )
+            raise ConfigurationError(f"SIGNALBUS['MODELS'][{label!r}] must be {{'fields': [...]}}")
         bind_model(model, options["fields"])
 
 

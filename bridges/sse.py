@@ -23,7 +23,8 @@ import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sse_starlette.sse import EventSourceResponse, SendTimeoutError, ServerSentEvent
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -230,4 +231,6 @@ class _HubCollector(Collector):
             value=hub.overflow_disconnects + stats.send_timeouts,
         )
         yield CounterMetricFamily("signalbus_replays", "Last-Event-ID resumes", value=hub.replays)
-        yield CounterMetricFamily("signalbus_resets", "signalbus.reset events sent", value=hub.resets)
+        yield CounterMetricFamily(
+            "signalbus_resets", "signalbus.reset events sent", value=hub.resets
+        )

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from signalbus.conf import mask_url
 from signalbus.errors import BrokerUnavailable, ConfigurationError, PublishError
-from signalbus.topics import validate_pattern
+from signalbus.topics import compile_pattern, validate_pattern
 
 from .base import Broker, Capabilities, Consumer, Deliver
 
@@ -178,6 +178,9 @@ class ZeroMQConsumer(Consumer):
         self.prefixes = sorted({_prefix(p) for p in patterns})
         if b"" in self.prefixes:
             self.prefixes = [b""]
+        # A prefix subscription is coarse (``shop.order`` lets ``shop.orderly.1`` and
+        # ``shop.order.1.updated`` through): the patterns themselves decide.
+        self._matchers = [compile_pattern(p) for p in patterns]
         self.malformed = 0
         self._context: zmq.asyncio.Context | None = None
         self._socket: zmq.asyncio.Socket | None = None
@@ -223,7 +226,8 @@ class ZeroMQConsumer(Consumer):
                 self.malformed += 1
                 logger.warning("0MQ message with a non-ASCII topic ignored: %r", frames[0][:80])
                 continue
-            deliver(topic, frames[1])
+            if any(match(topic) for match in self._matchers):
+                deliver(topic, frames[1])
             # A ready socket returns without suspending: yield, so that the streams
             # write between messages and a burst does not overflow clients that keep up.
             await asyncio.sleep(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 
-class SignalbusConfig(AppConfig):
+class SignalbusConfig(AppConfig):  # type: ignore[misc]  # Django is untyped
     name = "signalbus"
     verbose_name = "signalbus"
     default_auto_field = "django.db.models.BigAutoField"

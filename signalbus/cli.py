@@ -8,11 +8,13 @@ are one line on stderr and a non-zero exit, never a traceback; a clean stop
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+
 from .errors import ConfigurationError, InvalidTopic, SignalbusError
 
 __all__ = ["build_parser", "main"]
@@ -59,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with /healthz, /readyz and /metrics.",
     )
     _common(worker, settings_required=True)
-    worker.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    worker.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
     worker.add_argument("--port", type=int, default=8001, help="port to listen on (default: 8001)")
     worker.add_argument(
         "--topics",
@@ -77,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(publish, settings_required=False)
     publish.add_argument("topic", metavar="TOPIC", help="dotted topic, e.g. billing.invoice.7.paid")
-    publish.add_argument("data", metavar="JSON", nargs="?", help="the event's data as JSON (default: none)")
+    publish.add_argument(
+        "data", metavar="JSON", nargs="?", help="the event's data as JSON (default: none)"
+    )
     publish.add_argument("--type", help="the event's type (default: the topic)")
     publish.add_argument("--subject", help="the event's subject, e.g. /invoices/7/")
     publish.set_defaults(run=_run_publish, settings_required=False)
@@ -103,7 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
         return parser
 
     demo_module.add_arguments(demo)
-    demo.add_argument("--traceback", action="store_true", help="show the full traceback of an unexpected error")
+    demo.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an unexpected error"
+    )
     demo.set_defaults(run=demo_module.main, settings_required=None)
     return parser
 
@@ -142,7 +150,9 @@ def _run_worker(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigurationError(f"--port {args.port} is not a TCP port")
     url = broker_url(args.broker, settings)
-    worker = Worker(broker_url=url, settings=settings, host=args.host, port=args.port, patterns=patterns)
+    worker = Worker(
+        broker_url=url, settings=settings, host=args.host, port=args.port, patterns=patterns
+    )
     return worker.run()
 
 
@@ -159,7 +169,11 @@ def _run_publish(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"JSON argument is not valid JSON: {exc}") from None
     settings = get_settings()
     event = Event.create(
-        validate_topic(args.topic), data, type=args.type, subject=args.subject, source=settings.source
+        validate_topic(args.topic),
+        data,
+        type=args.type,
+        subject=args.subject,
+        source=settings.source,
     )
     url = broker_url(args.broker, settings)
     broker = open_broker(url)
@@ -168,8 +182,10 @@ def _run_publish(args: argparse.Namespace) -> int:
     finally:
         broker.close()
     if broker.dropped:
-        print(f"signalbus: event {event.id} not delivered: no worker subscribed at {mask_url(url)}",
-              file=sys.stderr)
+        print(
+            f"signalbus: event {event.id} not delivered: no worker subscribed at {mask_url(url)}",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     print(event.id)
     return 0
@@ -197,10 +213,8 @@ def _run_tail(args: argparse.Namespace) -> int:
         finally:
             await consumer.aclose()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(tail())
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

@@ -4,7 +4,9 @@ A consumer that parses a value's string gets exactly the value that was saved:
 datetimes keep their microseconds and UTC offset (unlike Django's
 ``DjangoJSONEncoder``, which cuts them to milliseconds), a Decimal is the
 string of its exact value. The output is always one line, as an SSE ``data:``
-field requires: ``json`` escapes every control character inside strings.
+field requires: ``json`` escapes every control character inside strings, and
+this module escapes the three other characters that ``str.splitlines`` (and so
+some SSE clients' line readers) break on: U+0085, U+2028, U+2029.
 """
 
 from __future__ import annotations
@@ -45,12 +47,14 @@ def to_json_value(value: Any) -> Any:
 _encode: Callable[[Any], str] = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), default=to_json_value, allow_nan=False
 ).encode
+# Outside strings JSON has none of these, so escaping them everywhere keeps the value.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def dumps(value: Any) -> bytes:
     """One line of UTF-8 JSON; `InvalidEvent` for a value that has no lossless form."""
     try:
-        return _encode(value).encode("utf-8")
+        return _encode(value).translate(_LINE_BREAKS).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"cannot encode event: {exc}") from exc
 

@@ -97,7 +97,11 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     if not isinstance(models, Mapping):
         raise ConfigurationError("SIGNALBUS['MODELS'] must map 'app_label.Model' to options")
     origins = raw.get("ALLOWED_ORIGINS", ())
-    if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
+    if (
+        isinstance(origins, str)
+        or not isinstance(origins, Sequence)
+        or not all(isinstance(o, str) for o in origins)
+    ):
         raise ConfigurationError("SIGNALBUS['ALLOWED_ORIGINS'] must be a list of origins")
     return Settings(
         broker_url=str(raw.get("BROKER_URL", DEFAULT_BROKER_URL)),
@@ -137,10 +141,10 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
-    if parts.password is None:
+    # Rebuilt from the raw netloc, not hostname/port: those drop an IPv6 address's
+    # brackets and raise on a bad port, and the URL must still be shown, masked.
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:**@{host}"
+    netloc = f"{userinfo.partition(':')[0]}:**@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc))

@@ -24,6 +24,7 @@ __all__ = ["Event", "new_event_id"]
 _ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
 _REQUIRED = ("specversion", "id", "source", "type", "time", "datacontenttype", "topic")
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
+_CORE = frozenset({*_REQUIRED, "subject", "data"})
 
 
 class _IdClock:
@@ -101,6 +102,11 @@ class Event:
             validate_topic(self.topic)
         except ValueError as exc:
             raise InvalidEvent(f"event topic: {exc}") from exc
+        # `to_dict` writes extensions after the core attributes: one named ``topic``
+        # would silently reroute the event.
+        clash = sorted(_CORE.intersection(self.extensions))
+        if clash:
+            raise InvalidEvent(f"extension attribute(s) {', '.join(clash)} shadow core attributes")
 
     @classmethod
     def create(
@@ -154,7 +160,6 @@ class Event:
         missing = [name for name in _REQUIRED if name not in obj]
         if missing:
             raise InvalidEvent(f"event lacks required attribute(s): {', '.join(missing)}")
-        known = {*_REQUIRED, "subject", "data"}
         return cls(
             id=obj["id"],
             source=obj["source"],
@@ -165,5 +170,5 @@ class Event:
             subject=obj.get("subject"),
             specversion=obj["specversion"],
             datacontenttype=obj["datacontenttype"],
-            extensions={k: v for k, v in obj.items() if k not in known},
+            extensions={k: v for k, v in obj.items() if k not in _CORE},
         )

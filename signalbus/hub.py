@@ -89,6 +89,7 @@ class HubStats:
     overflow_disconnects: int = 0
     replays: int = 0
     resets: int = 0
+    duplicates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +120,13 @@ class Hub:
         return len({s for subs in self._by_pattern.values() for s in subs})
 
     def publish(self, event_id: str, topic: str, body: bytes) -> None:
-        """Hold one event for replay and queue its frame on every matching subscription."""
+        """Hold one event for replay and queue its frame on every matching subscription.
+
+        An id already held is a redelivery (at-least-once brokers): dropped here,
+        so that no stream sees it twice."""
+        if event_id in self._index:
+            self.stats.duplicates += 1
+            return
         frame = sse_frame(event_id, body)
         self._hold(event_id, topic, frame)
         self.stats.events_received += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -39,7 +40,10 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> A
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(extra)
     return env
@@ -48,8 +52,14 @@ def child_env(**extra: str) -> dict[str, str]:
 class WorkerProcess:
     """``python -m signalbus worker`` on free ports, stopped by PID."""
 
-    def __init__(self, tmp: Path, *, broker_url: str | None = None, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        broker_url: str | None = None,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.port = free_port()
         self.broker_url = broker_url or f"zmq://{HOST}:{free_port()}"
         self.url = f"http://{HOST}:{self.port}"
@@ -61,9 +71,25 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "signalbus", "worker", "--settings", "tests.project.settings",
-                 "--host", HOST, "--port", str(self.port), "--broker", self.broker_url, *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "signalbus",
+                    "worker",
+                    "--settings",
+                    "tests.project.settings",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(self.port),
+                    "--broker",
+                    self.broker_url,
+                    *self.args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
             )
         wait_for(self._healthy, timeout=20)
         return self
@@ -102,8 +128,14 @@ class WorkerProcess:
 class SSEReader:
     """An SSE client in a thread: httpx on a real socket, httpx-sse parsing the wire."""
 
-    def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 10,
-                 status: int = 200) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
+        status: int = 200,
+    ) -> None:
         self.url = url
         self.headers = headers or {}
         self.events: queue.Queue[Any] = queue.Queue()
@@ -113,6 +145,7 @@ class SSEReader:
         self.response_headers: httpx.Headers | None = None
         self.body: bytes = b""
         self.retry: int | None = None
+        self._response: httpx.Response | None = None
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, read=None))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -125,6 +158,7 @@ class SSEReader:
     def _run(self) -> None:
         try:
             with connect_sse(self._client, "GET", self.url, headers=self.headers) as source:
+                self._response = source.response
                 self.status = source.response.status_code
                 self.response_headers = source.response.headers
                 if self.status != 200:
@@ -148,7 +182,9 @@ class SSEReader:
 
     def take(self, count: int, timeout: float = 10) -> list[Any]:
         deadline = time.monotonic() + timeout
-        return [self.events.get(timeout=max(0.01, deadline - time.monotonic())) for _ in range(count)]
+        return [
+            self.events.get(timeout=max(0.01, deadline - time.monotonic())) for _ in range(count)
+        ]
 
     def data(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         return [json.loads(sse.data) for sse in self.take(count, timeout)]
@@ -161,8 +197,15 @@ class SSEReader:
         raise AssertionError(f"unexpected event: {extra.data}")
 
     def close(self) -> None:
-        self._client.close()
+        """Hang up as a browser tab does: shut the socket, so the reader thread ends at once."""
+        if self._response is not None and not self.ended.is_set():
+            stream = self._response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(2)
+        self._client.close()
 
     def __enter__(self) -> SSEReader:
         return self
@@ -171,8 +214,9 @@ class SSEReader:
         self.close()
 
 
-def raw_request(port: int, target: str, headers: str = "", read_for: float = 1.0,
-                until: bytes | None = None) -> bytes:
+def raw_request(
+    port: int, target: str, headers: str = "", read_for: float = 1.0, until: bytes | None = None
+) -> bytes:
     """Send one GET by hand and return what the server wrote within ``read_for`` seconds."""
     with socket.create_connection((HOST, port), timeout=read_for) as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode())

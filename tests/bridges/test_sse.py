@@ -1,4 +1,4 @@
-"""The SSE endpoint of DESIGN.md, through a real worker process, real sockets and a real SSE parser."""
+"""The SSE endpoint of DESIGN.md: a real worker process, real sockets, a real SSE parser."""
 
 from __future__ import annotations
 
@@ -100,7 +100,9 @@ def test_bad_patterns_get_400_with_the_reason(shared_worker, query, message):
     assert message in response.json()["error"]
 
 
-@pytest.mark.parametrize("pattern", ["private.x", "#", "*.order.1", "shopping.#", "publicity", "#.shop.#"])
+@pytest.mark.parametrize(
+    "pattern", ["private.x", "#", "*.order.1", "shopping.#", "publicity", "#.shop.#"]
+)
 def test_pattern_outside_public_topics_without_credentials_gets_401(shared_worker, pattern):
     response = httpx.get(events_url(shared_worker, "shop.#", pattern))
     assert response.status_code == 401
@@ -256,10 +258,16 @@ print(json.dumps(out))
 def session_worker(tmp_path_factory):
     tmp: Path = tmp_path_factory.mktemp("sessions")
     env = {"SIGNALBUS_TEST_DB": str(tmp / "db.sqlite3")}
-    users = json.loads(subprocess.run(
-        [sys.executable, "-c", SESSION_SCRIPT], env=child_env(DJANGO_SETTINGS_MODULE="tests.project.settings", **env),
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout)
+    users = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", SESSION_SCRIPT],
+            env=child_env(DJANGO_SETTINGS_MODULE="tests.project.settings", **env),
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     with WorkerProcess(tmp, env=env) as worker:
         yield worker, users
 
@@ -291,8 +299,10 @@ def test_session_user_asking_beyond_the_grant_gets_403(session_worker):
 def test_unknown_session_cookie_counts_as_no_credentials(session_worker):
     worker, users = session_worker
     for value in ("not-a-session", users["alice"]["session"][:-1] + "x", ""):
-        response = httpx.get(events_url(worker, f"user.{users['alice']['id']}.#"),
-                             headers={"Cookie": f"sessionid={value}"})
+        response = httpx.get(
+            events_url(worker, f"user.{users['alice']['id']}.#"),
+            headers={"Cookie": f"sessionid={value}"},
+        )
         assert response.status_code == 401
 
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand
 from signalbus.cli import main
 
 
-class Command(BaseCommand):
+class Command(BaseCommand):  # type: ignore[misc]  # Django is untyped
     help = "signalbus worker | publish | tail | demo (see manage.py signalbus --help)"
 
     def run_from_argv(self, argv: list[str]) -> None:

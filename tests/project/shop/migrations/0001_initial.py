@@ -4,35 +4,43 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Note',
+            name="Note",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('text', models.TextField()),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("text", models.TextField()),
             ],
         ),
         migrations.CreateModel(
-            name='Order',
+            name="Order",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(default='new', max_length=20)),
-                ('total', models.DecimalField(decimal_places=4, default=0, max_digits=12)),
-                ('placed_at', models.DateTimeField(null=True)),
-                ('secret', models.CharField(default='', max_length=50)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("status", models.CharField(default="new", max_length=20)),
+                ("total", models.DecimalField(decimal_places=4, default=0, max_digits=12)),
+                ("placed_at", models.DateTimeField(null=True)),
+                ("secret", models.CharField(default="", max_length=50)),
             ],
         ),
         migrations.CreateModel(
-            name='Tenant',
+            name="Tenant",
             fields=[
-                ('slug', models.CharField(max_length=50, primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=50)),
+                ("slug", models.CharField(max_length=50, primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=50)),
             ],
         ),
     ]

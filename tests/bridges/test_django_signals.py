@@ -1,0 +1,256 @@
+"""Model saves and custom signals, published on commit through a real 0MQ socket to a real
+worker, read back over SSE."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import subprocess
+import sys
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.dispatch import Signal
+
+import signalbus
+from bridges.django_signals import bind_model, bind_signal, set_broker, unbind_model
+from brokers.base import Broker, Consumer
+from brokers.zeromq import ZeroMQBroker
+from signalbus.errors import ConfigurationError, InvalidTopic, PublishError
+from tests.project.shop.models import Note, Order, Tenant
+
+from ..helpers import ROOT, SSEReader, child_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def bus(shared_worker):
+    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
+    previous = set_broker(broker)
+    yield shared_worker
+    set_broker(previous)
+    broker.close()
+
+
+def stream(worker, *patterns: str) -> SSEReader:
+    query = "&".join(f"topic={p.replace('#', '%23')}" for p in patterns)
+    return SSEReader(f"{worker.url}/events?{query}")
+
+
+def test_saved_order_reaches_the_stream_after_commit(bus):
+    placed = dt.datetime(2026, 11, 30, 4, 40, 0, 123456, tzinfo=dt.UTC)
+    with stream(bus, "shop.order.#") as reader:
+        order = Order.objects.create(
+            status="paid", total=Decimal("12.5000"), placed_at=placed, secret="canary-7f3a"
+        )
+        (event,) = reader.data(1)
+    assert event["type"] == "shop.order.created"
+    assert event["topic"] == f"shop.order.{order.pk}.created"
+    assert event["subject"] == f"/orders/{order.pk}/"
+    assert event["data"] == {
+        "id": order.pk,
+        "status": "paid",
+        "total": "12.5000",
+        "placed_at": "2026-11-30T04:40:00.123456+00:00",
+    }
+    assert dt.datetime.fromisoformat(event["data"]["placed_at"]) == placed
+    assert Decimal(event["data"]["total"]) == order.total
+
+
+def test_only_bound_fields_are_published(bus):
+    with stream(bus, "shop.order.#") as reader:
+        order = Order.objects.create(secret="canary-7f3a")
+        order.secret = "canary-8e2b"
+        order.save()
+        order.delete()
+        raw = [e.data for e in reader.take(3)]
+    assert all("canary" not in data and "secret" not in data for data in raw)
+
+
+def test_update_and_delete_events_carry_the_fields_as_they_were(bus):
+    order = Order.objects.create(status="new")
+    pk = order.pk
+    with stream(bus, f"shop.order.{pk}.*") as reader:
+        order.status = "shipped"
+        order.save()
+        order.delete()
+        updated, deleted = reader.data(2)
+    assert (updated["type"], updated["data"]["status"]) == ("shop.order.updated", "shipped")
+    assert deleted["topic"] == f"shop.order.{pk}.deleted"
+    assert deleted["data"]["id"] == pk
+    assert deleted["data"]["status"] == "shipped"
+
+
+def test_rolled_back_save_publishes_nothing(bus):
+    with stream(bus, "shop.order.#", "public.#") as reader:
+        with pytest.raises(RuntimeError), transaction.atomic():  # noqa: PT012
+            Order.objects.create(status="doomed")
+            raise RuntimeError("roll back")
+        signalbus.publish("public.marker")
+        (first,) = reader.data(1)
+        reader.assert_quiet()
+    assert first["topic"] == "public.marker"
+
+
+def test_nested_atomic_blocks_publish_as_on_commit_does(bus):
+    with stream(bus, "shop.order.#") as reader:
+        with transaction.atomic():
+            kept = Order.objects.create(status="outer")
+            try:
+                with transaction.atomic():
+                    Order.objects.create(status="inner-doomed")
+                    raise ValueError
+            except ValueError:
+                pass
+            with transaction.atomic():
+                inner = Order.objects.create(status="inner-kept")
+            reader.assert_quiet(0.3)  # nothing leaves before the outermost commit
+        events = reader.data(2)
+        reader.assert_quiet()
+    assert [e["data"]["id"] for e in events] == [kept.pk, inner.pk]
+
+
+def test_text_primary_key_becomes_one_percent_encoded_word(bus):
+    with stream(bus, "shop.tenant.#") as reader:
+        Tenant.objects.create(slug="acme.corp", name="Acme")
+        Tenant.objects.create(slug="50%", name="Half")
+        first, second = reader.data(2)
+    assert first["topic"] == "shop.tenant.acme%2Ecorp.created"
+    assert first["subject"] == "/shop/tenant/acme%2Ecorp"
+    assert second["topic"] == "shop.tenant.50%25.created"
+    assert first["data"] == {"slug": "acme.corp", "name": "Acme"}
+
+
+def test_unbound_model_publishes_nothing(bus):
+    with stream(bus, "shop.#", "public.#") as reader:
+        Note.objects.create(text="private")
+        signalbus.publish("public.marker")
+        (first,) = reader.data(1)
+    assert first["topic"] == "public.marker"
+
+
+def test_custom_publish_sets_type_and_subject(bus):
+    with stream(bus, "public.#") as reader:
+        default = signalbus.publish("public.invoice.7.paid", {"amount": Decimal("12.50")})
+        typed = signalbus.publish(
+            "public.invoice.7.paid", None, type="billing.paid", subject="/invoices/7/"
+        )
+        first, second = reader.data(2)
+    assert (first["id"], first["type"], first["data"]) == (
+        default.id,
+        "public.invoice.7.paid",
+        {"amount": "12.50"},
+    )
+    assert (second["id"], second["type"], second["subject"]) == (
+        typed.id,
+        "billing.paid",
+        "/invoices/7/",
+    )
+    assert "data" not in second
+
+
+def test_bad_topic_fails_at_publish_not_later(bus):
+    with pytest.raises(InvalidTopic, match="word 2"):
+        signalbus.publish("public..x", {})
+
+
+def test_bind_signal_formats_the_topic_with_one_word_per_value(bus):
+    shipped = Signal()
+    bind_signal(
+        shipped,
+        "public.order.{order.pk}.shipped",
+        data=lambda order, **kw: {"status": order.status},
+        type="shop.shipped",
+    )
+    order = Order(pk=41, status="gone")
+    with stream(bus, "public.order.#") as reader:
+        shipped.send(sender=Order, order=order)
+        (event,) = reader.data(1)
+    assert (event["topic"], event["type"], event["data"]) == (
+        "public.order.41.shipped",
+        "shop.shipped",
+        {"status": "gone"},
+    )
+    tenant_signal = Signal()
+    bind_signal(tenant_signal, "public.tenant.{slug}")
+    with stream(bus, "public.tenant.*") as reader:
+        tenant_signal.send(sender=None, slug="a.b")
+        (event,) = reader.data(1)
+    assert event["topic"] == "public.tenant.a%2Eb"
+
+
+def test_binding_an_unknown_field_is_a_configuration_error():
+    with pytest.raises(
+        ConfigurationError, match=r"shop.Note has no field 'titel'; its fields: id, text"
+    ):
+        bind_model(Note, ["titel"])
+    with pytest.raises(ConfigurationError, match="non-empty list"):
+        bind_model(Note, "text")
+    unbind_model(Note)
+
+
+def test_unknown_model_in_settings_is_a_configuration_error():
+    from bridges.django_signals import bind_models_from_settings
+
+    with pytest.raises(ConfigurationError, match=r"SIGNALBUS\['MODELS'\]\['shop.Nope'\]"):
+        bind_models_from_settings({"shop.Nope": {"fields": ["id"]}})
+
+
+class FailingBroker(Broker):
+    scheme = "failing"
+
+    def publish(self, topic: str, body: bytes) -> None:
+        raise PublishError("the broker said no")
+
+    def consumer(self, patterns) -> Consumer:
+        raise NotImplementedError
+
+
+def test_publish_failure_after_commit_is_logged_with_id_and_topic(caplog):
+    previous = set_broker(FailingBroker("failing://"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="signalbus.publish"):
+            order = Order.objects.create(status="x")  # the save itself succeeds
+    finally:
+        set_broker(previous)
+    assert Order.objects.filter(pk=order.pk).exists()
+    (record,) = caplog.records
+    assert f"shop.order.{order.pk}.created" in record.getMessage()
+    assert "the broker said no" in record.getMessage()
+    assert record.getMessage().split()[1] != ""  # the event id
+
+
+SHORT_LIVED = """
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from tests.project.shop.models import Order
+order = Order.objects.create(status="from-a-script")
+print(order.pk)
+"""
+
+
+def test_a_short_lived_process_still_delivers_its_event(shared_worker, tmp_path):
+    env = child_env(
+        DJANGO_SETTINGS_MODULE="tests.project.settings",
+        SIGNALBUS_BROKER_URL=shared_worker.broker_url,
+        SIGNALBUS_TEST_DB=str(tmp_path / "db.sqlite3"),
+    )
+    with stream(shared_worker, "shop.order.*.created") as reader:
+        done = subprocess.run(
+            [sys.executable, "-c", SHORT_LIVED],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        (event,) = reader.data(1)
+    assert event["data"]["status"] == "from-a-script"
+    assert str(event["data"]["id"]) == done.stdout.strip()
+    assert json.loads(json.dumps(event))["type"] == "shop.order.created"

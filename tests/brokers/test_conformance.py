@@ -1,0 +1,293 @@
+"""One contract, every transport: what the worker and the publishers rely on.
+
+The parametrization is a list of URL factories; a transport joins the suite with one
+``pytest.param`` line in `TRANSPORTS`. The 0MQ-specific behaviours (short-lived
+publishers, drops made loud, worker restarts) follow the shared suite.
+
+In one process libzmq handles a bound socket's connections only while that socket is
+polled, so every test runs the consumer as a task on the event loop and publishes from
+a worker thread (``anyio.to_thread``), as a Django process would.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from brokers.base import Broker
+from brokers.registry import open_broker
+from brokers.zeromq import ZeroMQBroker
+from signalbus import BrokerUnavailable, Event
+from tests.helpers import HOST, ROOT, free_port
+
+pytestmark = pytest.mark.anyio
+
+WAIT = 10.0  # seconds: a generous bound for anything that should take milliseconds
+CONNECT_TIMEOUT = 5.0
+
+
+def memory_url() -> str:
+    return f"memory://conformance-{uuid.uuid4().hex}"
+
+
+def zmq_url() -> str:
+    return f"zmq://{HOST}:{free_port()}"
+
+
+TRANSPORTS = [
+    pytest.param(memory_url, id="memory"),
+    pytest.param(zmq_url, id="zmq"),
+    # AMQP joins with: pytest.param(amqp_url, id="amqp", marks=pytest.mark.amqp),
+]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def url(request: pytest.FixtureRequest) -> str:
+    make_url: Callable[[], str] = request.param
+    return make_url()
+
+
+@pytest.fixture
+def broker(url: str) -> Iterator[Broker]:
+    broker = open_broker(url)
+    if hasattr(broker, "connect_timeout"):
+        broker.connect_timeout = CONNECT_TIMEOUT
+    yield broker
+    broker.close()
+
+
+class Received:
+    """What a consumer delivered, in order, as (topic, event); lives on the loop."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Event]] = []
+        self._arrived = anyio.Event()
+
+    def deliver(self, topic: str, body: bytes) -> None:
+        self.items.append((topic, Event.decode(body)))
+        self._arrived.set()
+
+    @property
+    def topics(self) -> list[str]:
+        return [topic for topic, _ in self.items]
+
+    @property
+    def ids(self) -> list[str]:
+        return [event.id for _, event in self.items]
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        with anyio.fail_after(WAIT):
+            while not done():
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+
+    async def wait_for(self, count: int) -> None:
+        await self.wait_until(lambda: len(self.items) >= count)
+
+    async def wait_for_topic(self, topic: str) -> None:
+        await self.wait_until(lambda: topic in self.topics)
+
+
+@asynccontextmanager
+async def consuming(broker: Broker, patterns: Sequence[str]) -> AsyncIterator[Received]:
+    """A started consumer running as a task on this loop, closed on exit."""
+    consumer = broker.consumer(patterns)
+    await consumer.start()
+    received = Received()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run, received.deliver)
+            yield received
+            tg.cancel_scope.cancel()
+    finally:
+        await consumer.aclose()
+
+
+def send(broker: Broker, topic: str, data: object = None) -> Event:
+    event = Event.create(topic, data)
+    broker.publish(event.topic, event.encode())
+    return event
+
+
+# -- every transport ----------------------------------------------------------------------
+
+
+async def test_consumer_receives_what_another_thread_publishes(broker: Broker) -> None:
+    async with consuming(broker, ["#"]) as received:
+        event = await anyio.to_thread.run_sync(send, broker, "shop.order.42.updated", {"a": 1})
+        await received.wait_for(1)
+    assert received.items == [("shop.order.42.updated", event)]
+
+
+async def test_consumer_receives_only_topics_matching_its_patterns(broker: Broker) -> None:
+    topics = [
+        "shop.order.1",  # yes
+        "shop.order.1.updated",  # no: * is one word
+        "shop.orderly.1",  # no: a literal prefix is not a word
+        "shop.order",  # no: * is exactly one word
+        "billing",  # yes: # may be no word
+        "billing.invoice.7.paid",  # yes
+        "user.1",  # no
+        "billing.done",  # yes: the last one
+    ]
+
+    def publish_all() -> None:
+        for topic in topics:
+            send(broker, topic)
+
+    async with consuming(broker, ["shop.order.*", "billing.#"]) as received:
+        await anyio.to_thread.run_sync(publish_all)
+        await received.wait_for_topic("billing.done")
+        await anyio.sleep(0.05)  # room for a wrongly delivered straggler to show up
+    assert received.topics == ["shop.order.1", "billing", "billing.invoice.7.paid", "billing.done"]
+
+
+async def test_many_events_arrive_in_order(broker: Broker) -> None:
+    def publish_all() -> list[str]:
+        return [send(broker, f"load.{i}", {"i": i}).id for i in range(1_000)]
+
+    async with consuming(broker, ["load.*"]) as received:
+        sent = await anyio.to_thread.run_sync(publish_all)
+        await received.wait_for(len(sent))
+    assert received.ids == sent
+    assert [event.data["i"] for _, event in received.items] == list(range(1_000))
+
+
+async def test_publish_is_safe_from_several_threads(broker: Broker) -> None:
+    sent: list[list[str]] = [[] for _ in range(4)]
+
+    def publish_some(out: list[str], n: int) -> None:
+        out.extend(send(broker, f"thread.{n}.{i}").id for i in range(100))
+
+    def publish_from_threads() -> None:
+        threads = [
+            threading.Thread(target=publish_some, args=(out, n)) for n, out in enumerate(sent)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    async with consuming(broker, ["thread.#"]) as received:
+        await anyio.to_thread.run_sync(publish_from_threads)
+        await received.wait_for(400)
+    assert sorted(received.ids) == sorted(i for ids in sent for i in ids)
+    for ids in sent:  # each thread's own events keep their order
+        assert [i for i in received.ids if i in set(ids)] == ids
+
+
+async def test_consumer_is_ready_once_started_and_not_after_close(broker: Broker) -> None:
+    consumer = broker.consumer(["#"])
+    assert not consumer.ready
+    await consumer.start()
+    assert consumer.ready
+    await consumer.aclose()
+    assert not consumer.ready
+    await consumer.aclose()  # safe twice
+
+
+# -- 0MQ ----------------------------------------------------------------------------------
+
+SHORT_LIVED_PUBLISHER = textwrap.dedent(
+    """
+    import sys
+    from brokers.zeromq import ZeroMQBroker
+    from signalbus import Event
+
+    broker = ZeroMQBroker(sys.argv[1], connect_timeout=float(sys.argv[2]))
+    event = Event.create("short.lived.1", {"pid": 1})
+    broker.publish(event.topic, event.encode())
+    print(event.id, broker.sent, broker.dropped)
+    """
+)
+
+
+@pytest.fixture
+def zmq_broker() -> Iterator[ZeroMQBroker]:
+    broker = ZeroMQBroker(zmq_url(), connect_timeout=CONNECT_TIMEOUT)
+    yield broker
+    broker.close()
+
+
+async def test_short_lived_publisher_process_delivers_its_event(zmq_broker: ZeroMQBroker) -> None:
+    async with consuming(zmq_broker, ["short.#"]) as received:
+        done = await anyio.run_process(
+            [sys.executable, "-c", SHORT_LIVED_PUBLISHER, zmq_broker.url, str(CONNECT_TIMEOUT)],
+            cwd=ROOT,
+        )
+        await received.wait_for(1)
+    event_id, sent, dropped = done.stdout.decode().split()
+    assert (sent, dropped) == ("1", "0")
+    assert received.ids == [event_id]
+    assert received.topics == ["short.lived.1"]
+
+
+def test_publish_with_no_worker_logs_the_drop_and_counts_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = zmq_url()
+    broker = ZeroMQBroker(url, connect_timeout=0.3)
+    caplog.set_level(logging.WARNING, logger="signalbus.brokers.zeromq")
+    try:
+        started = time.monotonic()
+        send(broker, "lonely.order.42")
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 2.0  # it waited for a worker, about connect_timeout
+        assert broker.dropped == 1
+        assert broker.sent == 0
+        started = time.monotonic()
+        send(broker, "lonely.order.43")
+        assert time.monotonic() - started < 0.25  # the wait is only for the first event
+        assert broker.dropped == 2
+    finally:
+        broker.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "lonely.order.42" in warnings[0].getMessage()
+    assert url in warnings[0].getMessage()
+    assert "dropped" in warnings[0].getMessage()
+    assert "lonely.order.43" in warnings[1].getMessage()
+
+
+async def test_second_consumer_on_the_same_address_is_told_it_is_in_use(
+    zmq_broker: ZeroMQBroker,
+) -> None:
+    first = zmq_broker.consumer(["#"])
+    await first.start()
+    second = zmq_broker.consumer(["#"])
+    try:
+        with pytest.raises(BrokerUnavailable, match="address in use") as info:
+            await second.start()
+        assert zmq_broker.url in str(info.value)
+        assert not second.ready
+    finally:
+        await second.aclose()
+        await first.aclose()
+
+
+async def test_publisher_keeps_working_across_a_worker_restart(zmq_broker: ZeroMQBroker) -> None:
+    async with consuming(zmq_broker, ["#"]) as before:
+        first = await anyio.to_thread.run_sync(send, zmq_broker, "restart.before")
+        await before.wait_for(1)
+    assert before.ids == [first.id]
+
+    # Same address, new worker; the publisher is not restarted. 0MQ reconnects on its
+    # own; events sent before the new worker's subscription arrives are dropped (and
+    # counted), so publish until one gets through.
+    async with consuming(zmq_broker, ["#"]) as after:
+        with anyio.fail_after(WAIT):
+            while not after.items:
+                await anyio.to_thread.run_sync(send, zmq_broker, "restart.after")
+                with anyio.move_on_after(0.05):
+                    await after.wait_for(1)
+    assert after.topics[0] == "restart.after"
+    assert zmq_broker.sent >= 2

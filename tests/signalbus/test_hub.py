@@ -1,0 +1,320 @@
+"""The in-process fan-out and its replay buffer (DESIGN.md, "The SSE endpoint")."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+
+from signalbus import Event
+from signalbus.hub import Hub, Subscription, sse_frame
+
+pytestmark = pytest.mark.anyio
+
+
+def publish(hub: Hub, topic: str, data: Any = None) -> Event:
+    event = Event.create(topic, data)
+    hub.publish(event.id, event.topic, event.encode())
+    return event
+
+
+def parse(frame: bytes) -> tuple[str, dict[str, Any]]:
+    """The id and the event of one SSE frame, checking its exact layout."""
+    assert frame.endswith(b"\n\n")
+    lines = frame[:-2].split(b"\n")
+    assert len(lines) == 2, frame
+    id_line, data_line = lines
+    assert id_line.startswith(b"id: ")
+    assert data_line.startswith(b"data: ")
+    return id_line[4:].decode(), json.loads(data_line[6:])
+
+
+def ids(frames: list[bytes]) -> list[str]:
+    return [parse(f)[0] for f in frames]
+
+
+async def batch(sub: Subscription) -> list[bytes] | None:
+    with anyio.fail_after(2):
+        return await sub.next_batch()
+
+
+async def nothing_queued(sub: Subscription) -> bool:
+    """True when ``next_batch`` would wait: everything in the hub is synchronous, so a
+    frame that was queued is returned at once."""
+    with anyio.move_on_after(0.02):
+        await sub.next_batch()
+        return False
+    return True
+
+
+# -- frames -------------------------------------------------------------------------------
+
+
+def test_frame_is_id_then_data_then_blank_line() -> None:
+    assert sse_frame("abc", b'{"a":1}') == b'id: abc\ndata: {"a":1}\n\n'
+
+
+async def test_subscriber_receives_the_event_as_one_frame_with_its_id_and_json() -> None:
+    hub = Hub()
+    sub, replay = hub.subscribe(("shop.#",))
+    assert replay == []
+    event = publish(hub, "shop.order.42.updated", {"status": "paid"})
+    frames = await batch(sub)
+    assert frames == [b"id: " + event.id.encode() + b"\ndata: " + event.encode() + b"\n\n"]
+    event_id, body = parse(frames[0])
+    assert event_id == event.id
+    assert body["data"] == {"status": "paid"}
+    assert body["topic"] == "shop.order.42.updated"
+
+
+# -- fan-out ------------------------------------------------------------------------------
+
+
+async def test_events_go_to_matching_subscriptions_only() -> None:
+    hub = Hub()
+    orders, _ = hub.subscribe(("shop.order.*",))
+    billing, _ = hub.subscribe(("billing.#",))
+    everything, _ = hub.subscribe(("#",))
+    order = publish(hub, "shop.order.42")
+    invoice = publish(hub, "billing.invoice.7.paid")
+    deep = publish(hub, "shop.order.42.updated")
+    assert ids(await batch(orders)) == [order.id]  # type: ignore[arg-type]
+    assert ids(await batch(billing)) == [invoice.id]  # type: ignore[arg-type]
+    assert ids(await batch(everything)) == [order.id, invoice.id, deep.id]  # type: ignore[arg-type]
+
+
+async def test_subscription_with_several_matching_patterns_gets_one_frame_per_event() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("shop.order.*", "shop.#", "#"))
+    first = publish(hub, "shop.order.1")
+    second = publish(hub, "shop.item")
+    assert ids(await batch(sub)) == [first.id, second.id]  # type: ignore[arg-type]
+
+
+async def test_frames_queued_while_not_reading_come_in_one_batch_in_order() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.*",))
+    events = [publish(hub, f"a.{i}") for i in range(10)]
+    assert ids(await batch(sub)) == [e.id for e in events]  # type: ignore[arg-type]
+    assert await nothing_queued(sub)
+
+
+async def test_waiting_reader_is_woken_by_a_new_event() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a",))
+    got: list[list[bytes] | None] = []
+    async with anyio.create_task_group() as tg:
+
+        async def read() -> None:
+            got.append(await batch(sub))
+
+        tg.start_soon(read)
+        await anyio.sleep(0.01)
+        event = publish(hub, "a")
+    assert ids(got[0]) == [event.id]  # type: ignore[arg-type]
+
+
+async def test_pattern_added_after_events_were_routed_receives_later_events() -> None:
+    hub = Hub()
+    exact, _ = hub.subscribe(("a.b",))
+    publish(hub, "a.b")
+    wide, _ = hub.subscribe(("a.*",))
+    later = publish(hub, "a.b")
+    assert ids(await batch(wide)) == [later.id]  # type: ignore[arg-type]
+    assert len(await batch(exact)) == 2  # type: ignore[arg-type]
+
+
+async def test_unsubscribe_stops_delivery_and_ends_the_stream() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.b",))
+    other, _ = hub.subscribe(("a.*",))
+    publish(hub, "a.b")
+    hub.unsubscribe(sub)
+    assert await batch(sub) is None
+    assert hub.subscriptions == 1
+    publish(hub, "a.b")  # the route cached for a.b must not name the removed pattern
+    assert len(await batch(other)) == 2  # type: ignore[arg-type]
+    hub.unsubscribe(other)
+    assert hub.subscriptions == 0
+    publish(hub, "a.b")
+
+
+async def test_unsubscribe_wakes_a_waiting_reader_with_none() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a",))
+    got: list[object] = []
+    async with anyio.create_task_group() as tg:
+
+        async def read() -> None:
+            got.append(await batch(sub))
+
+        tg.start_soon(read)
+        await anyio.sleep(0.01)
+        hub.unsubscribe(sub)
+    assert got == [None]
+
+
+async def test_close_all_ends_every_stream() -> None:
+    hub = Hub()
+    subs = [hub.subscribe((pattern,))[0] for pattern in ("a", "b.#", "#")]
+    publish(hub, "a")
+    got: list[object] = []
+    async with anyio.create_task_group() as tg:
+
+        async def read(sub: Subscription) -> None:
+            got.append(await batch(sub))
+
+        tg.start_soon(read, subs[1])
+        await anyio.sleep(0.01)
+        hub.close_all()
+    assert got == [None]
+    assert [await batch(s) for s in subs] == [None, None, None]
+    assert all(s.reason == "shutdown" for s in subs)
+    assert hub.subscriptions == 0
+    publish(hub, "a")
+
+
+# -- slow consumers -----------------------------------------------------------------------
+
+
+async def test_subscription_past_its_queue_size_is_closed_while_others_get_everything() -> None:
+    hub = Hub(queue_size=3)
+    slow, _ = hub.subscribe(("#",))
+    fast, _ = hub.subscribe(("#",))
+    seen: list[str] = []
+    published = []
+    for i in range(3):
+        published.append(publish(hub, f"t.{i}"))
+        seen += ids(await batch(fast))  # type: ignore[arg-type]
+    assert not slow.closed  # exactly queue_size frames wait: still open
+    for i in range(3, 6):
+        published.append(publish(hub, f"t.{i}"))
+        seen += ids(await batch(fast))  # type: ignore[arg-type]
+    assert slow.closed
+    assert slow.reason == "overflow"
+    assert await batch(slow) is None
+    assert seen == [e.id for e in published]
+    assert hub.subscriptions == 1
+    assert hub.stats.overflow_disconnects == 1
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+async def test_known_last_event_id_replays_exactly_the_later_matching_events() -> None:
+    hub = Hub()
+    first = publish(hub, "shop.order.1")
+    publish(hub, "billing.invoice.1")
+    second = publish(hub, "shop.order.2")
+    publish(hub, "billing.invoice.2")
+    third = publish(hub, "shop.order.3.updated")
+    sub, replay = hub.subscribe(("shop.order.*", "shop.order.#"), last_event_id=first.id)
+    assert ids(replay) == [second.id, third.id]
+    assert await nothing_queued(sub)
+    live = publish(hub, "shop.order.4")
+    assert ids(await batch(sub)) == [live.id]  # type: ignore[arg-type]
+    assert hub.stats.replays == 1
+
+
+async def test_replay_follows_arrival_order_not_id_order() -> None:
+    hub = Hub()
+    marker = publish(hub, "m")
+    early, late = Event.create("a.1"), Event.create("a.2")
+    for event in (late, early):  # the broker delivered them out of creation order
+        hub.publish(event.id, event.topic, event.encode())
+    _, replay = hub.subscribe(("a.*",), last_event_id=marker.id)
+    assert ids(replay) == [late.id, early.id]
+    _, replay = hub.subscribe(("a.*",), last_event_id=late.id)
+    assert ids(replay) == [early.id]
+
+
+async def test_resuming_from_the_newest_event_replays_nothing() -> None:
+    hub = Hub()
+    publish(hub, "a")
+    newest = publish(hub, "a")
+    _, replay = hub.subscribe(("#",), last_event_id=newest.id)
+    assert replay == []
+
+
+async def test_unknown_last_event_id_gives_one_reset_frame_with_the_newest_id() -> None:
+    hub = Hub()
+    publish(hub, "a")
+    newest = publish(hub, "b")
+    sub, replay = hub.subscribe(("a",), last_event_id="no-such-id")
+    assert len(replay) == 1
+    frame_id, body = parse(replay[0])
+    assert frame_id == newest.id
+    assert body["id"] == newest.id
+    assert body["type"] == "signalbus.reset"
+    assert hub.stats.resets == 1
+    live = publish(hub, "a")
+    assert ids(await batch(sub)) == [live.id]  # type: ignore[arg-type]
+    _, again = hub.subscribe(("a",), last_event_id=frame_id)
+    assert ids(again) == [live.id]
+
+
+async def test_reset_on_an_empty_hub_resumes_from_everything_since() -> None:
+    hub = Hub()
+    _, replay = hub.subscribe(("#",), last_event_id="from-another-worker")
+    reset_id, body = parse(replay[0])
+    assert body["type"] == "signalbus.reset"
+    assert len(replay) == 1
+    events = [publish(hub, "a"), publish(hub, "b")]
+    _, resumed = hub.subscribe(("#",), last_event_id=reset_id)
+    assert ids(resumed) == [e.id for e in events]
+
+
+async def test_events_evicted_past_replay_size_cannot_be_resumed_from() -> None:
+    hub = Hub(replay_size=3)
+    events = [publish(hub, f"a.{i}") for i in range(5)]
+    _, replay = hub.subscribe(("#",), last_event_id=events[1].id)
+    assert [parse(f)[1]["type"] for f in replay] == ["signalbus.reset"]
+    assert ids(replay) == [events[4].id]
+    _, replay = hub.subscribe(("#",), last_event_id=events[2].id)
+    assert ids(replay) == [events[3].id, events[4].id]
+
+
+async def test_reset_id_of_an_empty_hub_is_forgotten_once_events_are_evicted() -> None:
+    hub = Hub(replay_size=2)
+    _, replay = hub.subscribe(("#",), last_event_id="unknown")
+    reset_id = parse(replay[0])[0]
+    events = [publish(hub, f"a.{i}") for i in range(3)]
+    _, replay = hub.subscribe(("#",), last_event_id=reset_id)
+    # a.0 is gone: resuming "from the start" would skip it silently, so it is a reset.
+    assert [parse(f)[1]["type"] for f in replay] == ["signalbus.reset"]
+    assert ids(replay) == [events[2].id]
+
+
+async def test_replayed_events_are_not_queued_again_as_live() -> None:
+    hub = Hub()
+    marker = publish(hub, "a")
+    held = publish(hub, "a")
+    sub, replay = hub.subscribe(("a",), last_event_id=marker.id)
+    assert ids(replay) == [held.id]
+    assert await nothing_queued(sub)
+
+
+async def test_redelivered_event_stays_resumable_after_its_first_copy_is_evicted() -> None:
+    # At-least-once brokers redeliver: the same id can reach the hub twice. While the
+    # later copy is held, a client whose Last-Event-ID is that id must resume, not reset.
+    hub = Hub(replay_size=2)
+    event = Event.create("a.1")
+    for _ in range(2):
+        hub.publish(event.id, event.topic, event.encode())
+    after = publish(hub, "a.2")  # evicts the first copy only
+    _, replay = hub.subscribe(("#",), last_event_id=event.id)
+    assert [parse(f)[1]["type"] for f in replay] == ["a.2"]
+    assert ids(replay) == [after.id]
+
+
+async def test_redelivered_event_reaches_each_stream_once() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("#",))
+    event = Event.create("a.1")
+    for _ in range(3):
+        hub.publish(event.id, event.topic, event.encode())
+    later = publish(hub, "a.2")
+    assert ids(await batch(sub) or []) == [event.id, later.id]
+    assert hub.stats.duplicates == 2
