@@ -205,7 +205,11 @@ class ZeroMQConsumer(Consumer):
             sock.close()
             self._context.term()
             self._context = None
-            reason = "address in use (is another worker running?)" if exc.errno == zmq.EADDRINUSE else exc
+            reason = (
+                "address in use (is another worker running?)"
+                if exc.errno == zmq.EADDRINUSE
+                else exc
+            )
             raise BrokerUnavailable(f"cannot bind {self.url}: {reason}") from None
         self._socket = sock
 
@@ -218,7 +222,9 @@ class ZeroMQConsumer(Consumer):
             frames = await sock.recv_multipart()
             if len(frames) != 2:
                 self.malformed += 1
-                logger.warning("0MQ message with %d frames ignored (expected topic, body)", len(frames))
+                logger.warning(
+                    "0MQ message with %d frames ignored (expected topic, body)", len(frames)
+                )
                 continue
             try:
                 topic = frames[0].decode("ascii")

@@ -103,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Migrate the example project (SQLite), start its web app and a worker on "
         "the embedded 0MQ broker, print the URL to open; Ctrl-C stops both.",
     )
-    try:  # TEMP-GUARD
-        from . import demo as demo_module
-    except ImportError:
-        return parser
+    from . import demo as demo_module
 
     demo_module.add_arguments(demo)
     demo.add_argument(

@@ -1,0 +1,1 @@
+"""The example project of ``signalbus demo``: one page of items, changed live in every tab."""

@@ -1,0 +1,1 @@
+"""The one app of the example project: a list of items, changed live in every open tab."""
