@@ -46,7 +46,8 @@ def _split(text: object, what: str, *, wildcards: bool) -> list[str]:
             shown = repr(word) if word else "an empty word"
             allowed = "A-Z a-z 0-9 _ - ~ % :" + (" or a lone * or #" if wildcards else "")
             raise InvalidTopic(
-                f"bad {what} {text!r}: word {position} is {shown}; words are one or more of {allowed}"
+                f"bad {what} {text!r}: word {position} is {shown}; "
+                f"words are one or more of {allowed}"
             )
     return words
 
