@@ -8,7 +8,11 @@ broker on any ports without editing this file:
   (default ``<tempdir>/signalbus-demo``; never inside the installed package);
 - ``SIGNALBUS_DEMO_ORIGIN``: the web app's origin, granted CORS by the worker;
 - ``SIGNALBUS_DEMO_EVENTS_URL``: the worker's SSE URL the page listens to;
-- ``SIGNALBUS_BROKER_URL``: read by signalbus itself (it overrides ``BROKER_URL``).
+- ``SIGNALBUS_BROKER_URL``: read by signalbus itself (it overrides ``BROKER_URL``);
+- ``SIGNALBUS_DEMO_DB_HOST``: when set, PostgreSQL on that host instead of SQLite
+  (compose sets it), with ``SIGNALBUS_DEMO_DB_PORT`` (5432), ``SIGNALBUS_DEMO_DB_NAME``,
+  ``SIGNALBUS_DEMO_DB_USER`` (both ``signalbus``) and ``SIGNALBUS_DEMO_DB_PASSWORD``;
+  it needs ``pip install 'signalbus[postgres]'``.
 """
 
 import os
@@ -63,6 +67,15 @@ DATABASES = {
         "NAME": DATA_DIR / "db.sqlite3",
     }
 }
+if os.environ.get("SIGNALBUS_DEMO_DB_HOST"):
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": os.environ["SIGNALBUS_DEMO_DB_HOST"],
+        "PORT": os.environ.get("SIGNALBUS_DEMO_DB_PORT", "5432"),
+        "NAME": os.environ.get("SIGNALBUS_DEMO_DB_NAME", "signalbus"),
+        "USER": os.environ.get("SIGNALBUS_DEMO_DB_USER", "signalbus"),
+        "PASSWORD": os.environ.get("SIGNALBUS_DEMO_DB_PASSWORD", ""),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en"
