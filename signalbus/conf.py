@@ -32,6 +32,8 @@ _KNOWN = {
     "RETRY_MS",
     "SOURCE",
     "ZMQ_CONNECT_TIMEOUT",
+    "EXCHANGE",
+    "PUBLISH_TIMEOUT",
 }
 
 
@@ -50,6 +52,8 @@ class Settings:
     retry_ms: int = 3_000
     source: str | None = None
     zmq_connect_timeout: float = 1.0
+    exchange: str = "signalbus"
+    publish_timeout: float = 10.0
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
@@ -79,7 +83,8 @@ def _callable(raw: Mapping[str, Any], key: str) -> Callable[[Any, str], bool] | 
         try:
             loaded: Callable[[Any, str], bool] = import_string(value)
         except ImportError as exc:
-            raise ConfigurationError(f"SIGNALBUS[{key!r}]: cannot import {value!r}: {exc}") from None
+            message = f"SIGNALBUS[{key!r}]: cannot import {value!r}: {exc}"
+            raise ConfigurationError(message) from None
         return loaded
     raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a callable or its dotted path")
 
@@ -115,6 +120,8 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         retry_ms=_positive(raw, "RETRY_MS", 3_000),
         source=raw.get("SOURCE"),
         zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT", 1.0, float),
+        exchange=str(raw.get("EXCHANGE", "signalbus")),
+        publish_timeout=_positive(raw, "PUBLISH_TIMEOUT", 10.0, float),
     )
 
 
@@ -126,7 +133,7 @@ def get_settings() -> Settings:
 
 
 def broker_url(cli: str | None = None, configured: Settings | None = None) -> str:
-    """The broker URL, first found: ``--broker``, ``$SIGNALBUS_BROKER_URL``, the setting, default."""
+    """The broker URL, first found: ``--broker``, ``$SIGNALBUS_BROKER_URL``, setting, default."""
     if cli:
         return cli
     env = os.environ.get(ENV_BROKER_URL)

@@ -33,3 +33,30 @@ def worker_factory(tmp_path: Path) -> Iterator[type[WorkerProcess]]:
     for worker in started:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.stop()
+
+
+# -- RabbitMQ: tests marked ``amqp`` skip where none answers, and fail where one is required --
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("amqp") is None:
+        return
+    import os
+
+    from .rabbitmq import REQUIRE_ENV, rabbitmq_absent
+
+    why = rabbitmq_absent()
+    if why is None:
+        return
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{why}, and {REQUIRE_ENV}=1 requires one", pytrace=False)
+    pytest.skip(f"{why}; set {REQUIRE_ENV}=1 to fail instead")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_amqp_test_exchanges() -> Iterator[None]:
+    """Exchanges made for the conformance suite's URLs, removed once the session ends."""
+    yield
+    from .rabbitmq import delete_exchanges
+
+    delete_exchanges()

@@ -28,6 +28,7 @@ from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
 from signalbus import BrokerUnavailable, Event
 from tests.helpers import HOST, ROOT, free_port
+from tests.rabbitmq import amqp_url
 
 pytestmark = pytest.mark.anyio
 
@@ -46,7 +47,7 @@ def zmq_url() -> str:
 TRANSPORTS = [
     pytest.param(memory_url, id="memory"),
     pytest.param(zmq_url, id="zmq"),
-    # AMQP joins with: pytest.param(amqp_url, id="amqp", marks=pytest.mark.amqp),
+    pytest.param(amqp_url, id="amqp", marks=pytest.mark.amqp),
 ]
 
 

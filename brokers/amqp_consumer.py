@@ -1,0 +1,253 @@
+"""The worker's half of `brokers.amqp`: pika's ``AsyncioConnection`` on the worker's loop.
+
+Why on the loop and not in a thread of its own: ``deliver`` must run on the
+worker's loop and each ack must go out on pika's; on one loop both are plain
+calls, with no handoff in either direction and no lock. pika's asyncio adapter
+connects and resolves names without blocking the loop, and the prefetch bounds
+what one read can hand over. Messages wait in a queue that `AMQPConsumer.run`
+empties one at a time, yielding between them as the other adapters do, so the
+SSE streams write while a burst comes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+from signalbus.conf import mask_url
+from signalbus.errors import BrokerUnavailable, SignalbusError
+from signalbus.topics import validate_pattern
+
+from .amqp import Backoff, connection_error, describe
+from .base import Consumer, Deliver
+
+__all__ = ["AMQPConsumer"]
+
+logger = logging.getLogger("signalbus.brokers.amqp")
+
+PREFETCH = 1_000  # unacked messages in flight: bounds the worker's backlog in memory
+START_TIMEOUT = 30.0  # beyond pika's own connect (10 s) and handshake (15 s) timeouts
+CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    channel: Any
+    tag: int
+    topic: str
+    body: bytes
+
+
+class AMQPConsumer(Consumer):
+    """An exclusive, server-named queue bound with each pattern; acked after ``deliver``."""
+
+    def __init__(
+        self,
+        url: str,
+        params: Any,
+        exchange: str,
+        patterns: Sequence[str],
+        *,
+        prefetch: int = PREFETCH,
+    ) -> None:
+        self.url = url
+        self.params = params
+        self.exchange = exchange
+        self.patterns = tuple(validate_pattern(p) for p in patterns)
+        self.prefetch = prefetch
+        self.queue: str | None = None
+        self.failed = 0  # messages whose ``deliver`` raised: logged, counted, acked
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: asyncio.Queue[_Message] | None = None
+        self._connection: Any = None
+        self._channel: Any = None
+        self._ready = False
+        self._closing = False
+        self._opened: asyncio.Future[None] | None = None  # the first setup's outcome
+        self._closed: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._cause: BaseException | None = None
+        self._acked = 0  # the last delivery tag acked on the current channel
+        # A shorter cap than the publishers': while this worker has no queue bound, events
+        # published (or retried by publishers that came back first) are not queued for it.
+        self._backoff = Backoff(cap=2.0)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._inbox = asyncio.Queue()
+        self._opened = self._loop.create_future()
+        self._connect()
+        try:
+            await asyncio.wait_for(self._opened, START_TIMEOUT)
+        except TimeoutError:
+            await self.aclose()
+            shown = mask_url(self.url)
+            raise BrokerUnavailable(
+                f"cannot reach broker {shown} (timed out); is RabbitMQ running?"
+            ) from None
+        except SignalbusError:
+            await self.aclose()
+            raise
+
+    async def run(self, deliver: Deliver) -> None:
+        if self._inbox is None:
+            await self.start()
+        inbox = self._inbox
+        assert inbox is not None
+        while True:
+            message = await inbox.get()
+            try:
+                deliver(message.topic, message.body)
+            except Exception:
+                # Acked anyway: a bad event must not stop the worker, nor come back forever.
+                self.failed += 1
+                logger.exception("delivering a message on %s failed; acked", message.topic)
+            self._ack(message, last=inbox.empty())
+            await asyncio.sleep(0)  # let the streams write between messages
+
+    def _ack(self, message: _Message, *, last: bool) -> None:
+        """Ack up to ``message``: at the end of a burst, or every half prefetch within one."""
+        channel = message.channel
+        if channel is not self._channel or not channel.is_open:
+            return  # its channel is gone, and its exclusive queue with it: nothing to ack
+        if last or message.tag - self._acked >= self.prefetch // 2:
+            channel.basic_ack(message.tag, multiple=True)
+            self._acked = message.tag
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._ready = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        connection = self._connection
+        if connection is not None and not connection.is_closed:
+            self._closed = asyncio.get_running_loop().create_future()
+            if not connection.is_closing:
+                connection.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed, CLOSE_TIMEOUT)
+        self._connection = self._channel = self._inbox = None
+
+    # -- the protocol flow, one step per broker answer -------------------------------------------
+
+    def _connect(self) -> None:
+        self._timer = None
+        if self._closing:
+            return
+        self._connection = AsyncioConnection(
+            self.params,
+            on_open_callback=self._on_connection_open,
+            on_open_error_callback=self._on_connection_open_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=self._loop,
+        )
+
+    def _on_connection_open(self, connection: Any) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        self._acked = 0
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_cancel_callback(self._on_cancelled)
+        channel.basic_qos(prefetch_count=self.prefetch, callback=self._on_qos_ok)
+
+    def _on_qos_ok(self, _frame: Any) -> None:
+        # Declared here too, so that a worker may start before any publisher.
+        self._channel.exchange_declare(
+            self.exchange, "topic", durable=True, callback=self._on_exchange_declareok
+        )
+
+    def _on_exchange_declareok(self, _frame: Any) -> None:
+        self._channel.queue_declare(
+            "", exclusive=True, auto_delete=True, callback=self._on_queue_declareok
+        )
+
+    def _on_queue_declareok(self, frame: Any) -> None:
+        self.queue = frame.method.queue
+        for pattern in self.patterns[:-1]:
+            self._channel.queue_bind(self.queue, self.exchange, pattern, callback=_ignore)
+        if self.patterns:
+            self._channel.queue_bind(
+                self.queue, self.exchange, self.patterns[-1], callback=self._on_bindok
+            )
+        else:
+            self._on_bindok(None)
+
+    def _on_bindok(self, _frame: Any) -> None:
+        self._channel.basic_consume(self.queue, self._on_message, callback=self._on_consume_ok)
+
+    def _on_consume_ok(self, _frame: Any) -> None:
+        self._ready = True
+        self._backoff.reset()
+        if self._opened is not None and not self._opened.done():
+            self._opened.set_result(None)
+        else:
+            logger.warning(
+                "AMQP consumer on %s is consuming again; events published while it had no"
+                " queue were not kept for it",
+                mask_url(self.url),
+            )
+
+    def _on_message(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        if self._inbox is not None:
+            self._inbox.put_nowait(_Message(channel, method.delivery_tag, method.routing_key, body))
+
+    # -- faults: every one goes through the connection's close, then `_on_failure` -----------
+
+    def _on_channel_closed(self, _channel: Any, exc: BaseException) -> None:
+        self._restart(exc)
+
+    def _on_cancelled(self, _frame: Any) -> None:
+        self._restart(RuntimeError("the broker cancelled the consumer (queue deleted?)"))
+
+    def _restart(self, cause: BaseException) -> None:
+        self._ready = False
+        self._channel = None
+        connection = self._connection
+        if connection is not None and not (connection.is_closing or connection.is_closed):
+            self._cause = cause
+            connection.close()
+
+    def _on_connection_open_error(self, _connection: Any, exc: BaseException) -> None:
+        self._connection = None
+        self._on_failure(self._cause or exc)
+
+    def _on_connection_closed(self, _connection: Any, exc: BaseException) -> None:
+        self._connection = self._channel = None
+        self._ready = False
+        self._on_failure(self._cause or exc)
+
+    def _on_failure(self, exc: BaseException) -> None:
+        self._cause = None
+        if self._closing:
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+        elif self._opened is not None and not self._opened.done():
+            self._opened.set_exception(connection_error(self.url, exc))
+        else:
+            assert self._loop is not None
+            delay = self._backoff.next()
+            logger.warning(
+                "AMQP consumer: no connection to %s (%s); retrying in %.1f s",
+                mask_url(self.url),
+                describe(exc),
+                delay,
+            )
+            self._timer = self._loop.call_later(delay, self._connect)
+
+
+def _ignore(_frame: Any) -> None:
+    """A bind's answer when another bind follows (pika sends a bind without one as nowait)."""
