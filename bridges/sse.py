@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -119,15 +119,15 @@ def create_app(
     settings: Settings,
     *,
     ready: Callable[[], bool],
-    collectors: Sequence[Collector] = (),
+    counters: Mapping[str, Callable[[], float]] | None = None,
     send_timeout: float = 30.0,
 ) -> Starlette:
-    """The worker's web app: ``/events``, ``/healthz``, ``/readyz``, ``/metrics``."""
+    """The worker's web app: ``/events``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+    ``counters`` adds the worker's own counters (name -> read function) to ``/metrics``."""
     stats = StreamStats()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_HubCollector(hub, stats))
-    for collector in collectors:
-        registry.register(collector)
+    registry.register(_HubCollector(hub, stats, ready, dict(counters or {})))
 
     def reject(status: int, message: str, cors: dict[str, str]) -> JSONResponse:
         stats.rejected[status] = stats.rejected.get(status, 0) + 1
@@ -203,12 +203,25 @@ async def _decide(request: Request, patterns: list[str], settings: Settings) -> 
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: Hub, stats: StreamStats) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        stats: StreamStats,
+        ready: Callable[[], bool],
+        counters: dict[str, Callable[[], float]],
+    ) -> None:
         self.hub = hub
         self.stats = stats
+        self.ready = ready
+        self.counters = counters
 
     def collect(self) -> Any:
         hub, stats = self.hub.stats, self.stats
+        yield GaugeMetricFamily(
+            "signalbus_broker_ready", "1 when the broker is connected", value=int(self.ready())
+        )
+        for name, read in self.counters.items():
+            yield CounterMetricFamily(name, name.replace("_", " "), value=read())
         yield GaugeMetricFamily("signalbus_sse_streams", "Open SSE streams", value=stats.open)
         yield CounterMetricFamily(
             "signalbus_sse_streams_opened", "SSE streams opened", value=stats.opened

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from signalbus.conf import mask_url
-from signalbus.errors import BrokerUnavailable, SignalbusError
+from signalbus.errors import BrokerUnavailable, InvalidEvent, SignalbusError
 from signalbus.topics import validate_pattern
 
 from .amqp import Backoff, connection_error, describe
@@ -36,16 +37,31 @@ START_TIMEOUT = 30.0  # beyond pika's own connect (10 s) and handshake (15 s) ti
 CLOSE_TIMEOUT = 2.0
 
 
+DEAD_LETTER_EXCHANGE = "signalbus.dlx"
+DEAD_LETTER_QUEUE = "signalbus.dead-letters"
+QUEUE_EXPIRES_MS = 300_000  # a worker's queue outlives a connection cut, not a dead worker
+QUEUE_MAX_LENGTH = 100_000  # and stays bounded while nobody consumes it (oldest dropped)
+
+
 @dataclass(frozen=True, slots=True)
 class _Message:
     channel: Any
     tag: int
     topic: str
     body: bytes
+    properties: Any
 
 
 class AMQPConsumer(Consumer):
-    """An exclusive, server-named queue bound with each pattern; acked after ``deliver``."""
+    """A queue of this worker's own, bound with each pattern; acked after ``deliver``.
+
+    The queue is named by the worker and kept across connection cuts and broker
+    restarts (durable, expiring ``QUEUE_EXPIRES_MS`` after its last consumer),
+    so events published while the worker reconnects wait for it instead of
+    being routed nowhere. An exclusive, auto-delete queue would vanish with the
+    connection and lose them silently. Only when the queue itself is gone on
+    reconnect (an outage longer than its expiry) does `on_gap` report the loss.
+    """
 
     def __init__(
         self,
@@ -61,8 +77,11 @@ class AMQPConsumer(Consumer):
         self.exchange = exchange
         self.patterns = tuple(validate_pattern(p) for p in patterns)
         self.prefetch = prefetch
-        self.queue: str | None = None
+        self.queue = f"signalbus.worker.{uuid.uuid4().hex[:16]}"
         self.failed = 0  # messages whose ``deliver`` raised: logged, counted, acked
+        self.dead_lettered = 0  # messages that were not events: sent to signalbus.dlx
+        self._declared = False  # the queue exists on the broker: redeclare passively
+        self._lost = False  # the queue vanished while disconnected: a gap to report
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[_Message] | None = None
         self._connection: Any = None
@@ -109,6 +128,8 @@ class AMQPConsumer(Consumer):
             message = await inbox.get()
             try:
                 deliver(message.topic, message.body)
+            except InvalidEvent as exc:
+                self._dead_letter(message, str(exc))
             except Exception:
                 # Acked anyway: a bad event must not stop the worker, nor come back forever.
                 self.failed += 1
@@ -116,11 +137,24 @@ class AMQPConsumer(Consumer):
             self._ack(message, last=inbox.empty())
             await asyncio.sleep(0)  # let the streams write between messages
 
+    def _dead_letter(self, message: _Message, reason: str) -> None:
+        """Keep what is not an event in ``signalbus.dead-letters``, with the reason, then ack."""
+        self.dead_lettered += 1
+        logger.warning("message on %s dead-lettered: %s", message.topic, reason)
+        channel = message.channel
+        if channel is not self._channel or not channel.is_open:
+            return  # redelivered on the next connection, and judged again
+        props = message.properties
+        headers = dict(props.headers or {})
+        headers.update({"x-signalbus-error": reason[:1000], "x-signalbus-queue": self.queue})
+        props.headers = headers
+        channel.basic_publish(DEAD_LETTER_EXCHANGE, message.topic, message.body, props)
+
     def _ack(self, message: _Message, *, last: bool) -> None:
         """Ack up to ``message``: at the end of a burst, or every half prefetch within one."""
         channel = message.channel
         if channel is not self._channel or not channel.is_open:
-            return  # its channel is gone, and its exclusive queue with it: nothing to ack
+            return  # its channel is gone: the broker redelivers it on the next one
         if last or message.tag - self._acked >= self.prefetch // 2:
             channel.basic_ack(message.tag, multiple=True)
             self._acked = message.tag
@@ -132,6 +166,9 @@ class AMQPConsumer(Consumer):
             self._timer.cancel()
             self._timer = None
         connection = self._connection
+        if self._channel is not None and self._channel.is_open:
+            # A clean stop: nobody will consume this queue again.
+            self._channel.queue_delete(self.queue)
         if connection is not None and not connection.is_closed:
             self._closed = asyncio.get_running_loop().create_future()
             if not connection.is_closing:
@@ -171,12 +208,35 @@ class AMQPConsumer(Consumer):
         )
 
     def _on_exchange_declareok(self, _frame: Any) -> None:
-        self._channel.queue_declare(
-            "", exclusive=True, auto_delete=True, callback=self._on_queue_declareok
+        self._channel.exchange_declare(
+            DEAD_LETTER_EXCHANGE, "topic", durable=True, callback=self._on_dlx_declareok
         )
 
-    def _on_queue_declareok(self, frame: Any) -> None:
-        self.queue = frame.method.queue
+    def _on_dlx_declareok(self, _frame: Any) -> None:
+        self._channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, callback=self._on_dlq_ok)
+
+    def _on_dlq_ok(self, _frame: Any) -> None:
+        self._channel.queue_bind(
+            DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "#", callback=self._declare_queue
+        )
+
+    def _declare_queue(self, _frame: Any) -> None:
+        if self._declared:
+            # Reconnecting: is the queue, and what was routed to it meanwhile, still there?
+            # A 404 closes the channel; `_on_channel_closed` records the gap.
+            self._channel.queue_declare(
+                self.queue, passive=True, callback=self._on_queue_declareok
+            )
+            return
+        self._channel.queue_declare(
+            self.queue,
+            durable=True,
+            arguments={"x-expires": QUEUE_EXPIRES_MS, "x-max-length": QUEUE_MAX_LENGTH},
+            callback=self._on_queue_declareok,
+        )
+
+    def _on_queue_declareok(self, _frame: Any) -> None:
+        self._declared = True
         for pattern in self.patterns[:-1]:
             self._channel.queue_bind(self.queue, self.exchange, pattern, callback=_ignore)
         if self.patterns:
@@ -194,20 +254,29 @@ class AMQPConsumer(Consumer):
         self._backoff.reset()
         if self._opened is not None and not self._opened.done():
             self._opened.set_result(None)
-        else:
+        elif self._lost:
+            self._lost = False
             logger.warning(
-                "AMQP consumer on %s is consuming again; events published while it had no"
-                " queue were not kept for it",
+                "AMQP consumer on %s: its queue expired while disconnected; events published"
+                " meanwhile are lost for this worker, its streams are told to refetch",
                 mask_url(self.url),
             )
+            if self.on_gap is not None:
+                self.on_gap()
+        else:
+            logger.info("AMQP consumer on %s: consuming again, nothing lost", mask_url(self.url))
 
-    def _on_message(self, channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         if self._inbox is not None:
-            self._inbox.put_nowait(_Message(channel, method.delivery_tag, method.routing_key, body))
+            message = _Message(channel, method.delivery_tag, method.routing_key, body, properties)
+            self._inbox.put_nowait(message)
 
     # -- faults: every one goes through the connection's close, then `_on_failure` -----------
 
     def _on_channel_closed(self, _channel: Any, exc: BaseException) -> None:
+        if getattr(exc, "reply_code", None) == 404 and self._declared:
+            self._declared = False  # declare it anew on the next connection
+            self._lost = True
         self._restart(exc)
 
     def _on_cancelled(self, _frame: Any) -> None:

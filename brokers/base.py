@@ -9,13 +9,31 @@ asyncio `Consumer` that feeds its hub. Adapters map their driver's errors to
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-__all__ = ["Broker", "Capabilities", "Consumer", "Deliver"]
+from signalbus.errors import InvalidEvent
+
+__all__ = ["Broker", "Capabilities", "Consumer", "Deliver", "deliver_or_log"]
+
+logger = logging.getLogger("signalbus.brokers")
 
 # Called on the consumer's event loop with (topic, body) for every message.
 Deliver = Callable[[str, bytes], None]
+
+
+def deliver_or_log(deliver: Deliver, topic: str, body: bytes) -> bool:
+    """For transports with nowhere to keep a bad message: log it, and go on with the next."""
+    try:
+        deliver(topic, body)
+    except InvalidEvent as exc:
+        logger.warning("message on %s ignored: %s", topic, exc)
+        return False
+    except Exception:
+        logger.exception("delivering a message on %s failed; the worker goes on", topic)
+        return False
+    return True
 
 
 class Capabilities:
@@ -28,7 +46,14 @@ class Capabilities:
 
 
 class Consumer(abc.ABC):
-    """The worker's side of a transport: a stream of (topic, body) for some patterns."""
+    """The worker's side of a transport: a stream of (topic, body) for some patterns.
+
+    ``deliver`` raises `signalbus.errors.InvalidEvent` for a message that is not an
+    event: the consumer keeps it aside (dead-letters it) where the transport can.
+    """
+
+    # Called on the loop when the transport knows events were lost (a gap in the stream).
+    on_gap: Callable[[], None] | None = None
 
     @property
     @abc.abstractmethod

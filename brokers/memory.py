@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from signalbus.topics import compile_pattern, validate_pattern
 
-from .base import Broker, Capabilities, Consumer, Deliver
+from .base import Broker, Capabilities, Consumer, Deliver, deliver_or_log
 
 __all__ = ["MemoryBroker"]
 
@@ -79,7 +79,7 @@ class MemoryConsumer(Consumer):
         assert self._queue is not None
         while True:
             topic, body = await self._queue.get()
-            deliver(topic, body)
+            deliver_or_log(deliver, topic, body)
             await asyncio.sleep(0)  # let the streams write between messages
 
     async def aclose(self) -> None:

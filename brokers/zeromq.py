@@ -37,7 +37,7 @@ from signalbus.conf import mask_url
 from signalbus.errors import BrokerUnavailable, ConfigurationError, PublishError
 from signalbus.topics import compile_pattern, validate_pattern
 
-from .base import Broker, Capabilities, Consumer, Deliver
+from .base import Broker, Capabilities, Consumer, Deliver, deliver_or_log
 
 if TYPE_CHECKING:
     import zmq
@@ -232,8 +232,10 @@ class ZeroMQConsumer(Consumer):
                 self.malformed += 1
                 logger.warning("0MQ message with a non-ASCII topic ignored: %r", frames[0][:80])
                 continue
-            if any(match(topic) for match in self._matchers):
-                deliver(topic, frames[1])
+            if any(match(topic) for match in self._matchers) and not deliver_or_log(
+                deliver, topic, frames[1]
+            ):
+                self.malformed += 1
             # A ready socket returns without suspending: yield, so that the streams
             # write between messages and a burst does not overflow clients that keep up.
             await asyncio.sleep(0)

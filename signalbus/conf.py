@@ -34,6 +34,7 @@ _KNOWN = {
     "ZMQ_CONNECT_TIMEOUT",
     "EXCHANGE",
     "PUBLISH_TIMEOUT",
+    "MAX_MESSAGE_BYTES",
 }
 
 
@@ -54,6 +55,7 @@ class Settings:
     zmq_connect_timeout: float = 1.0
     exchange: str = "signalbus"
     publish_timeout: float = 10.0
+    max_message_bytes: int = 1 << 20
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
@@ -122,6 +124,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT", 1.0, float),
         exchange=str(raw.get("EXCHANGE", "signalbus")),
         publish_timeout=_positive(raw, "PUBLISH_TIMEOUT", 10.0, float),
+        max_message_bytes=_positive(raw, "MAX_MESSAGE_BYTES", 1 << 20),
     )
 
 

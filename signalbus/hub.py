@@ -172,6 +172,17 @@ class Hub:
                     del self._by_pattern[pattern]
                     self._routes.clear()
 
+    def reset_all(self) -> None:
+        """Events were lost upstream: forget what is held (a resume across the gap would
+        skip them) and tell every open stream to refetch with a ``signalbus.reset``."""
+        self._held.clear()
+        self._origin = new_event_id()
+        self._index = {self._origin: 0}
+        frame = self._reset_frame()
+        for sub in {s for subs in self._by_pattern.values() for s in subs}:
+            sub.push(frame)
+        self.stats.resets += 1
+
     def close_all(self, reason: str = "shutdown") -> None:
         for sub in {s for subs in self._by_pattern.values() for s in subs}:
             sub.close(reason)

@@ -79,13 +79,18 @@ class Worker:
             sock.close()
 
     def deliver(self, topic: str, body: bytes) -> None:
-        """Called by the consumer for each message: check it, then hand it to the hub."""
+        """Called by the consumer for each message: check it, then hand it to the hub.
+        `InvalidEvent` goes back to the consumer, which keeps the message aside if it can."""
         try:
+            if len(body) > self.settings.max_message_bytes:
+                raise InvalidEvent(
+                    f"message of {len(body)} bytes is over MAX_MESSAGE_BYTES"
+                    f" ({self.settings.max_message_bytes})"
+                )
             event = Event.decode(body)
-        except InvalidEvent as exc:
+        except InvalidEvent:
             self.bad_messages += 1
-            logger.warning("message on %s ignored: %s", topic, exc)
-            return
+            raise
         if b"\n" in body or b"\r" in body:
             body = event.encode()  # an SSE data: field is one line
         self.hub.publish(event.id, event.topic, body)
@@ -95,8 +100,14 @@ class Worker:
 
         from bridges.sse import create_app
 
+        consumer.on_gap = self.hub.reset_all
         await consumer.start()
-        app = create_app(self.hub, self.settings, ready=lambda: consumer.ready)
+        app = create_app(
+            self.hub,
+            self.settings,
+            ready=lambda: consumer.ready,
+            counters={"signalbus_bad_messages": lambda: self.bad_messages},
+        )
         config = uvicorn.Config(
             app,
             log_level="warning",

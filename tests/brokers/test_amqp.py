@@ -8,6 +8,7 @@ is in the conformance suite; this module holds what is AMQP's own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -499,7 +500,7 @@ async def test_consumer_gets_what_a_plain_publisher_sends_and_its_queue_goes_wit
     assert received.items == [(event.topic, event)]
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
-        connection.channel().queue_declare(queue, passive=True)  # exclusive, auto-delete
+        connection.channel().queue_declare(queue, passive=True)  # deleted on a clean stop
     connection.close()
 
 
@@ -563,14 +564,15 @@ async def test_consumer_reconnects_after_a_cut_and_gets_what_follows(
         await received.wait_for(1)
         proxy.cut()
         await until(lambda: not consumer.ready)
+        await anyio.to_thread.run_sync(send, broker, "cut.during")  # kept in its queue
         await anyio.sleep(0.5)  # reconnects are refused meanwhile
         assert not consumer.ready
         proxy.restore()
         await until(lambda: consumer.ready)
         await anyio.to_thread.run_sync(send, broker, "cut.after")
-        await received.wait_for(2)
+        await received.wait_for(3)
         tg.cancel_scope.cancel()
-    assert received.topics == ["cut.before", "cut.after"]
+    assert received.topics == ["cut.before", "cut.during", "cut.after"]
     assert max(lags) < 0.25  # the loop never stalled
 
 
@@ -592,3 +594,81 @@ def test_worker_on_amqp_streams_events_and_readyz_follows_the_connection(
         second = send(broker, "shop.order.1.updated")
         assert reader.get().id == second.id
     assert worker.stop() == 0
+
+
+@pytest.mark.amqp
+async def test_a_queue_lost_while_disconnected_is_reported_as_a_gap(
+    broker: AMQPBroker, exchange: str, proxy: TCPProxy
+) -> None:
+    consumer = AMQPBroker(via(proxy), exchange=exchange).consumer(["gap.#"])
+    gaps: list[bool] = []
+    consumer.on_gap = lambda: gaps.append(True)
+    async with consuming(consumer) as received:
+        await anyio.to_thread.run_sync(send, broker, "gap.before")
+        await received.wait_for(1)
+        proxy.cut()
+        await until(lambda: not consumer.ready)
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        connection.channel().queue_delete(consumer.queue)  # as if it had expired
+        connection.close()
+        await anyio.to_thread.run_sync(send, broker, "gap.lost")  # routed nowhere
+        proxy.restore()
+        await until(lambda: consumer.ready and bool(gaps))
+        await anyio.to_thread.run_sync(send, broker, "gap.after")
+        await received.wait_for(2)
+    assert gaps == [True]
+    assert received.topics == ["gap.before", "gap.after"]
+
+
+def _dead_letters_from(queue: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """The dead letters one consumer's queue produced (others are put back)."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    found: list[tuple[bytes, dict[str, Any]]] = []
+    try:
+        channel = connection.channel()
+        while True:
+            method, props, body = channel.basic_get("signalbus.dead-letters")
+            if method is None:
+                break
+            headers = props.headers or {}
+            if headers.get("x-signalbus-queue") == queue:
+                found.append((body, headers))
+                channel.basic_ack(method.delivery_tag)
+        channel.basic_recover(requeue=True)
+    finally:
+        connection.close()
+    return found
+
+
+@pytest.mark.amqp
+async def test_a_message_that_is_not_an_event_is_dead_lettered_with_the_reason(
+    broker: AMQPBroker, exchange: str
+) -> None:
+    from signalbus.errors import InvalidEvent
+
+    consumer = broker.consumer(["bad.#"])
+    assert isinstance(consumer, AMQPConsumer)
+    got: list[str] = []
+
+    def deliver(topic: str, body: bytes) -> None:
+        if not body.startswith(b"{"):
+            raise InvalidEvent("not JSON")
+        got.append(topic)
+
+    await consumer.start()
+    task = asyncio.get_running_loop().create_task(consumer.run(deliver))
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        channel = connection.channel()
+        channel.basic_publish(exchange, "bad.1", b"garbage")
+        channel.basic_publish(exchange, "bad.2", Event.create("bad.2").encode())
+        connection.close()
+        await until(lambda: got == ["bad.2"])
+        assert consumer.dead_lettered == 1
+    finally:
+        task.cancel()
+        await consumer.aclose()
+    letters = await anyio.to_thread.run_sync(_dead_letters_from, consumer.queue)
+    assert [(body, headers["x-signalbus-error"]) for body, headers in letters] == [
+        (b"garbage", "not JSON")
+    ]

@@ -318,3 +318,20 @@ async def test_redelivered_event_reaches_each_stream_once() -> None:
     later = publish(hub, "a.2")
     assert ids(await batch(sub) or []) == [event.id, later.id]
     assert hub.stats.duplicates == 2
+
+
+async def test_reset_all_tells_every_stream_to_refetch_and_forgets_the_gap() -> None:
+    hub = Hub()
+    before = publish(hub, "a.1")
+    sub, _ = hub.subscribe(("#",))
+    hub.reset_all()
+    (frame,) = await batch(sub) or []
+    reset_id, reset = parse(frame)
+    assert reset["type"] == "signalbus.reset"
+    # A resume from before the gap cannot be trusted: it resets too.
+    _, replay = hub.subscribe(("#",), last_event_id=before.id)
+    assert parse(replay[0])[1]["type"] == "signalbus.reset"
+    # A resume from the reset's id replays everything after it.
+    after = publish(hub, "a.2")
+    _, replay = hub.subscribe(("#",), last_event_id=reset_id)
+    assert ids(replay) == [after.id]
