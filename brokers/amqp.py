@@ -20,13 +20,12 @@ the event and waits for the broker's confirm, so a caller learns of a failure:
   confirm was lost with the connection is sent again: at least once, and the
   worker's hub drops the duplicate by id.
 
-Consuming (the worker): an exclusive, auto-delete, server-named queue bound
-with each pattern (AMQP topic patterns are ours, DESIGN.md "Topics"), a
-prefetch of 1,000, an ack once ``deliver`` returned. A lost connection makes
-`AMQPConsumer.ready` false until it has reconnected and bound a new queue:
-events published while no queue was bound are not seen by this worker.
-A ``deliver`` that raises is logged, counted in `AMQPConsumer.failed` and
-acked, so one bad event cannot stop the worker (dead-lettering comes later).
+Consuming (the worker): a queue of the worker's own, bound with each pattern
+(AMQP topic patterns are ours, DESIGN.md "Topics"), durable and expiring a while
+after its consumer is gone, so that a connection cut or a broker restart loses
+nothing; a prefetch of 1,000; an ack once ``deliver`` returned. A lost connection
+makes `AMQPConsumer.ready` false until it consumes again. A message that is not an
+event goes to the ``signalbus.dlx`` exchange with the reason (`brokers.amqp_consumer`).
 """
 
 from __future__ import annotations
