@@ -31,6 +31,7 @@ from signalbus.events import Event
 from signalbus.topics import pk_word, validate_topic
 
 __all__ = [
+    "apublish",
     "bind_model",
     "bind_models_from_settings",
     "bind_signal",
@@ -113,6 +114,21 @@ def publish(
     event = Event.create(topic, data, type=type, subject=subject, source=get_settings().source)
     _enqueue(event, using)
     return event
+
+
+async def apublish(
+    topic: str,
+    data: Any = None,
+    *,
+    type: str | None = None,
+    subject: str | None = None,
+    using: str | None = None,
+) -> Event:
+    """`publish` for async code: the transaction and the broker's confirm are waited for in
+    Django's sync thread, never on the event loop."""
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(publish)(topic, data, type=type, subject=subject, using=using)
 
 
 # -- models -------------------------------------------------------------------------------

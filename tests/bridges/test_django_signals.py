@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 from decimal import Decimal
 
 import pytest
@@ -254,3 +255,40 @@ def test_a_short_lived_process_still_delivers_its_event(shared_worker, tmp_path)
     assert event["data"]["status"] == "from-a-script"
     assert str(event["data"]["id"]) == done.stdout.strip()
     assert json.loads(json.dumps(event))["type"] == "shop.order.created"
+
+
+class ThreadRecordingBroker(Broker):
+    """Our protocol boundary: records where publish runs, then hands over to 0MQ."""
+
+    scheme = "recording"
+
+    def __init__(self, inner: Broker) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+        self.threads: list[int] = []
+
+    def publish(self, topic: str, body: bytes) -> None:
+        self.threads.append(threading.get_ident())
+        self.inner.publish(topic, body)
+
+    def consumer(self, patterns) -> Consumer:
+        raise NotImplementedError
+
+
+@pytest.mark.anyio
+async def test_apublish_from_async_code_publishes_off_the_event_loop(bus):
+    import anyio
+
+    from bridges.django_signals import get_broker
+
+    recording = ThreadRecordingBroker(get_broker())
+    previous = set_broker(recording)
+    try:
+        with stream(bus, "public.#") as reader:
+            event = await signalbus.apublish("public.async.1", {"n": 1})
+            got = await anyio.to_thread.run_sync(reader.get)
+    finally:
+        set_broker(previous)
+    assert got.id == event.id
+    assert recording.threads
+    assert threading.get_ident() not in recording.threads
