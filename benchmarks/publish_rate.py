@@ -1,0 +1,253 @@
+"""Events per second from ``Model.save()`` into the 0MQ socket, in one process.
+
+    python -m benchmarks.publish_rate [--count 10000] [--repeat 3] [--payload 100]
+
+A real worker (``python -m signalbus worker``) is subscribed at the 0MQ
+endpoint. Each measurement runs in a fresh child process, the variants
+interleaved within each repetition:
+
+- ``save``: ``Tick.save()`` with Tick not bound (``BENCH_UNBOUND=1``): the bare ORM;
+- ``signalbus``: ``Tick.save()`` with Tick bound: the event is built in ``post_save``
+  and sent on commit;
+- ``zmq``: a bare pyzmq XPUB loop sending the same two frames (topic, event JSON)
+  to the same worker: the floor of any 0MQ publisher.
+
+``save`` and ``signalbus`` run twice: in autocommit (each save its own commit)
+and with every save in one ``transaction.atomic()``. The table shows medians
+of ``--repeat`` runs; the worker's ``/metrics`` tells how many events it took in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from .common import (
+    HOST,
+    ROOT,
+    SETTINGS,
+    Children,
+    CpuWindow,
+    Worker,
+    bench_env,
+    events_received,
+    fmt,
+    free_port,
+    median,
+    migrate,
+    print_machine,
+    print_table,
+    raise_on_sigterm,
+    start_worker,
+    stop,
+    wait_received,
+)
+
+WARMUP = 200  # untimed saves or sends first: connection, subscription, caches
+MODES = ("autocommit", "atomic")
+KINDS = ("save", "signalbus", "zmq")
+SNDHWM = 100_000  # as signalbus's own publisher: a 10,000-event burst never blocks
+
+
+def _payload(i: int, size: int) -> str:
+    head = f"tick {i:08d} "
+    return head + "x" * max(0, size - len(head))
+
+
+# -- the children: one timed loop each ----------------------------------------------------
+
+
+def time_saves(kind: str, mode: str, count: int, size: int) -> float:
+    """Seconds for ``count`` ``Tick.save()`` calls, in autocommit or in one atomic block."""
+    import django
+
+    django.setup()
+    from django.db import transaction
+    from django.db.models.signals import post_save
+
+    from benchmarks.benchproject.bench.models import Tick
+
+    if post_save.has_listeners(Tick) != (kind == "signalbus"):
+        raise RuntimeError(f"{kind}: Tick is {'not ' if kind == 'signalbus' else ''}bound")
+    ticks = [Tick(payload=_payload(i, size)) for i in range(WARMUP + count)]
+    for tick in ticks[:WARMUP]:
+        tick.save()
+    timed = ticks[WARMUP:]
+    start = time.perf_counter()
+    if mode == "atomic":
+        with transaction.atomic():
+            for tick in timed:
+                tick.save()
+    else:
+        for tick in timed:
+            tick.save()
+    return time.perf_counter() - start
+
+
+def _zmq_frames(i: int, size: int) -> tuple[bytes, bytes]:
+    """The two frames signalbus would send for the ``i``-th Tick created."""
+    from signalbus import Event
+
+    topic = f"bench.tick.{i + 1}.created"
+    data = {"payload": _payload(i, size)}
+    event = Event.create(topic, data, type="bench.tick.created", subject=f"/bench/tick/{i + 1}")
+    return topic.encode("ascii"), event.encode()
+
+
+def time_zmq_sends(broker_url: str, count: int, size: int) -> float:
+    """Seconds for ``count`` two-frame sends on a bare XPUB socket, once a worker subscribed."""
+    import zmq
+
+    frames = [_zmq_frames(i, size) for i in range(WARMUP + count)]
+    context = zmq.Context()
+    sock = context.socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.connect(broker_url.replace("zmq://", "tcp://", 1))
+    try:
+        if not sock.poll(10_000) or sock.recv()[:1] != b"\x01":
+            raise RuntimeError(f"no worker subscribed at {broker_url} within 10 s")
+        for pair in frames[:WARMUP]:
+            sock.send_multipart(pair)
+        start = time.perf_counter()
+        for pair in frames[WARMUP:]:
+            sock.send_multipart(pair)
+        return time.perf_counter() - start
+    finally:
+        sock.close(linger=5_000)
+        context.term()
+
+
+def run_child(args: argparse.Namespace) -> int:
+    if args.child == "zmq":
+        seconds = time_zmq_sends(os.environ["SIGNALBUS_BROKER_URL"], args.count, args.payload)
+    else:
+        seconds = time_saves(args.child, args.mode, args.count, args.payload)
+    print(json.dumps({"seconds": seconds}))
+    return 0
+
+
+# -- the parent -----------------------------------------------------------------------------
+
+
+def measure(
+    children: Children, env: dict[str, str], kind: str, mode: str, args: argparse.Namespace
+) -> float:
+    """Run one child; the events per second it reached."""
+    argv = [sys.executable, "-m", "benchmarks.publish_rate", "--child", kind, "--mode", mode]
+    argv += ["--count", str(args.count), "--payload", str(args.payload)]
+    child_env = {**env, "DJANGO_SETTINGS_MODULE": SETTINGS}
+    if kind == "save":
+        child_env["BENCH_UNBOUND"] = "1"
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=child_env, cwd=ROOT)
+    children.add(proc)
+    try:
+        out, _ = proc.communicate(timeout=args.timeout)
+    finally:
+        stop(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} {mode} failed with exit status {proc.returncode}")
+    return float(args.count / json.loads(out)["seconds"])
+
+
+def measure_all(
+    children: Children, env: dict[str, str], worker: Worker, args: argparse.Namespace
+) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], list[int]]]:
+    """Every variant ``--repeat`` times, interleaved: rates, and events the worker took in."""
+    rates: dict[tuple[str, str], list[float]] = defaultdict(list)
+    taken: dict[tuple[str, str], list[int]] = defaultdict(list)
+    plan = [(kind, mode) for mode in MODES for kind in KINDS if (kind, mode) != ("zmq", "atomic")]
+    for rep in range(1, args.repeat + 1):
+        for kind, mode in plan:
+            before = events_received(worker)
+            window = CpuWindow([worker.pid])
+            rate = measure(children, env, kind, mode, args)
+            window.mark()
+            rates[kind, mode].append(rate)
+            if kind != "save":
+                after = wait_received(worker, before + WARMUP + args.count)
+                taken[kind, mode].append(after - before - WARMUP)
+            others = window.percent()[-1]
+            print(
+                f"  run {rep}: {kind:9} {mode:10} {fmt(rate):>9}/s"
+                f"  (other processes on the machine: {others:.0f}% of a core)",
+                file=sys.stderr,
+            )
+    return rates, taken
+
+
+def print_results(
+    rates: dict[tuple[str, str], list[float]],
+    taken: dict[tuple[str, str], list[int]],
+    args: argparse.Namespace,
+) -> None:
+    zmq_rate = median(rates["zmq", "autocommit"])
+    headers = ["mode", "saves", "bare save/s", "save+signalbus/s", "bare zmq send/s"]
+    headers += ["signalbus÷save", "signalbus÷zmq", "signalbus µs/save", "worker got (min)"]
+    rows = []
+    for mode in MODES:
+        bare, bus = median(rates["save", mode]), median(rates["signalbus", mode])
+        added = 1e6 / bus - 1e6 / bare
+        got = f"{min(taken['signalbus', mode]):,}"
+        rows.append(
+            [mode, fmt(args.count), fmt(bare), fmt(bus), fmt(zmq_rate), f"{bus / bare:.2f}"]
+        )
+        rows[-1] += [f"{bus / zmq_rate:.3f}", fmt(added, 1), got]
+    print(f"publish rate: medians of {args.repeat} runs, {args.payload}-byte payload")
+    print_table(headers, rows)
+    zmq_got = min(taken["zmq", "autocommit"])
+    print(f"bare zmq: one loop per run, shown on both rows; the worker got {zmq_got:,} (min)\n")
+
+
+def run_parent(args: argparse.Namespace) -> int:
+    print_machine()
+    with tempfile.TemporaryDirectory(prefix="signalbus-bench-") as tmp, Children() as children:
+        env = bench_env(Path(tmp), f"zmq://{HOST}:{free_port()}")
+        migrate(env)
+        worker = start_worker(children, env, Path(tmp) / "worker.log")
+        window = CpuWindow([worker.pid])
+        rates, taken = measure_all(children, env, worker, args)
+        window.mark()
+    print_results(rates, taken, args)
+    worker_cpu, ours, others = window.percent()
+    print(
+        f"CPU over {window.seconds:.0f} s, % of one core: worker {worker_cpu:.0f}, "
+        f"benchmark processes {ours:.0f}, other processes on the machine {others:.0f}"
+    )
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.publish_rate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--count", type=int, default=10_000, help="timed saves per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median shown)")
+    parser.add_argument("--payload", type=int, default=100, help="bytes of Tick.payload")
+    parser.add_argument("--timeout", type=float, default=120, help="seconds allowed per run")
+    parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, default="autocommit", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_on_sigterm()
+    try:
+        return run_child(args) if args.child else run_parent(args)
+    except KeyboardInterrupt:
+        if not args.child:
+            print("interrupted: every process started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
