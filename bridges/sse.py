@@ -120,14 +120,15 @@ def create_app(
     *,
     ready: Callable[[], bool],
     counters: Mapping[str, Callable[[], float]] | None = None,
+    gauges: Mapping[str, Callable[[], float]] | None = None,
     send_timeout: float = 30.0,
 ) -> Starlette:
     """The worker's web app: ``/events``, ``/healthz``, ``/readyz``, ``/metrics``.
 
-    ``counters`` adds the worker's own counters (name -> read function) to ``/metrics``."""
+    ``counters`` and ``gauges`` add the worker's own figures (name -> read function)."""
     stats = StreamStats()
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_HubCollector(hub, stats, ready, dict(counters or {})))
+    registry.register(_HubCollector(hub, stats, ready, dict(counters or {}), dict(gauges or {})))
 
     def reject(status: int, message: str, cors: dict[str, str]) -> JSONResponse:
         stats.rejected[status] = stats.rejected.get(status, 0) + 1
@@ -209,11 +210,13 @@ class _HubCollector(Collector):
         stats: StreamStats,
         ready: Callable[[], bool],
         counters: dict[str, Callable[[], float]],
+        gauges: dict[str, Callable[[], float]],
     ) -> None:
         self.hub = hub
         self.stats = stats
         self.ready = ready
         self.counters = counters
+        self.gauges = gauges
 
     def collect(self) -> Any:
         hub, stats = self.hub.stats, self.stats
@@ -222,6 +225,8 @@ class _HubCollector(Collector):
         )
         for name, read in self.counters.items():
             yield CounterMetricFamily(name, name.replace("_", " "), value=read())
+        for name, read in self.gauges.items():
+            yield GaugeMetricFamily(name, name.replace("_", " "), value=read())
         yield GaugeMetricFamily("signalbus_sse_streams", "Open SSE streams", value=stats.open)
         yield CounterMetricFamily(
             "signalbus_sse_streams_opened", "SSE streams opened", value=stats.opened

@@ -26,6 +26,10 @@ after its consumer is gone, so that a connection cut or a broker restart loses
 nothing; a prefetch of 1,000; an ack once ``deliver`` returned. A lost connection
 makes `AMQPConsumer.ready` false until it consumes again. A message that is not an
 event goes to the ``signalbus.dlx`` exchange with the reason (`brokers.amqp_consumer`).
+
+Subscribers (the worker's ``@signalbus.subscriber`` functions): a durable quorum queue
+per subscriber, shared by every worker, with retries and dead letters kept in
+RabbitMQ (`brokers.amqp_subscriber`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -60,6 +64,7 @@ from .base import Broker, Capabilities
 if TYPE_CHECKING:
     from .amqp_consumer import AMQPConsumer
     from .amqp_publisher import PublisherIO
+    from .amqp_subscriber import AMQPSubscriptions
 
 __all__ = ["AMQPBroker", "Backoff", "connection_error", "describe", "parse_amqp_url"]
 
@@ -341,6 +346,15 @@ class AMQPBroker(Broker):
 
         params = connection_params(self.url, "worker")
         return AMQPConsumer(self.url, params, self.exchange, patterns)
+
+    def durable_consumer(
+        self, subscriptions: Mapping[str, str], *, prefetch: int
+    ) -> AMQPSubscriptions:
+        """A quorum queue per subscriber, shared by every worker (`brokers.amqp_subscriber`)."""
+        from .amqp_subscriber import AMQPSubscriptions
+
+        params = connection_params(self.url, "subscribers")
+        return AMQPSubscriptions(self.url, params, self.exchange, subscriptions, prefetch=prefetch)
 
 
 def _forget_after_fork(broker: AMQPBroker) -> Any:

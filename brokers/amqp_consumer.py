@@ -124,6 +124,7 @@ class AMQPConsumer(Consumer):
             await self.start()
         inbox = self._inbox
         assert inbox is not None
+        ready = 0
         while True:
             message = await inbox.get()
             try:
@@ -135,7 +136,10 @@ class AMQPConsumer(Consumer):
                 self.failed += 1
                 logger.exception("delivering a message on %s failed; acked", message.topic)
             self._ack(message, last=inbox.empty())
-            await asyncio.sleep(0)  # let the streams write between messages
+            ready += 1
+            if ready >= self.yield_every or inbox.empty():
+                ready = 0
+                await asyncio.sleep(0)  # let the streams write what was queued for them
 
     def _dead_letter(self, message: _Message, reason: str) -> None:
         """Keep what is not an event in ``signalbus.dead-letters``, with the reason, then ack."""

@@ -77,10 +77,14 @@ class MemoryConsumer(Consumer):
         if self._queue is None:
             await self.start()
         assert self._queue is not None
+        ready = 0
         while True:
             topic, body = await self._queue.get()
             deliver_or_log(deliver, topic, body)
-            await asyncio.sleep(0)  # let the streams write between messages
+            ready += 1
+            if ready >= self.yield_every or self._queue.empty():
+                ready = 0
+                await asyncio.sleep(0)  # let the streams write what was queued for them
 
     async def aclose(self) -> None:
         with self._bus.lock:

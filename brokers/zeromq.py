@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 from signalbus.conf import mask_url
@@ -214,12 +214,21 @@ class ZeroMQConsumer(Consumer):
         self._socket = sock
 
     async def run(self, deliver: Deliver) -> None:
+        import zmq
+
         if self._socket is None:
             await self.start()
         sock = self._socket
         assert sock is not None
+        ready = 0
         while True:
             frames = await sock.recv_multipart()
+            ready += 1
+            if ready >= self.yield_every or not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                # Between bursts, and every ``yield_every`` messages within one, let the
+                # streams write: each writes everything queued for it since, in one send.
+                ready = 0
+                await asyncio.sleep(0)
             if len(frames) != 2:
                 self.malformed += 1
                 logger.warning(
@@ -236,9 +245,6 @@ class ZeroMQConsumer(Consumer):
                 deliver, topic, frames[1]
             ):
                 self.malformed += 1
-            # A ready socket returns without suspending: yield, so that the streams
-            # write between messages and a burst does not overflow clients that keep up.
-            await asyncio.sleep(0)
 
     async def aclose(self) -> None:
         sock, context = self._socket, self._context

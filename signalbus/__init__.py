@@ -22,7 +22,9 @@ from .events import Event
 from .topics import matches, pattern_within, pk_word, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
-    from bridges.django_signals import bind_model, bind_signal, publish
+    from bridges.django_signals import apublish, bind_model, bind_signal, publish
+
+    from .subscribers import subscriber
 
 __version__ = "0.1.0"
 
@@ -36,22 +38,31 @@ __all__ = [
     "PublishError",
     "SignalbusError",
     "UnknownBroker",
+    "apublish",
     "bind_model",
     "bind_signal",
     "matches",
     "pattern_within",
     "pk_word",
     "publish",
+    "subscriber",
     "validate_pattern",
     "validate_topic",
 ]
 
-_LAZY = {"publish", "bind_model", "bind_signal"}
+# name -> the module that defines it, imported on first use.
+_LAZY = {
+    "publish": "bridges.django_signals",
+    "apublish": "bridges.django_signals",
+    "bind_model": "bridges.django_signals",
+    "bind_signal": "bridges.django_signals",
+    "subscriber": "signalbus.subscribers",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from bridges import django_signals
+        from importlib import import_module
 
-        return getattr(django_signals, name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'signalbus' has no attribute {name!r}")

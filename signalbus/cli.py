@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        help="consume the broker and serve the SSE endpoint",
+        help="consume the broker, serve the SSE endpoint, run the subscribers",
         description="Consume events from the broker and serve them at /events (SSE), "
-        "with /healthz, /readyz and /metrics.",
+        "with /healthz, /readyz and /metrics; run the @signalbus.subscriber functions "
+        "(only those with --no-http).",
     )
     _common(worker, settings_required=True)
     worker.add_argument(
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=["#"],
         metavar="PATTERN",
         help="patterns this worker consumes from the broker (default: '#', everything)",
+    )
+    worker.add_argument(
+        "--no-http",
+        action="store_true",
+        help="run the @signalbus.subscriber functions only: no SSE endpoint, no port bound "
+        "(--host, --port and --topics do not apply)",
     )
     worker.set_defaults(run=_run_worker, settings_required=True)
 
@@ -148,7 +155,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--port {args.port} is not a TCP port")
     url = broker_url(args.broker, settings)
     worker = Worker(
-        broker_url=url, settings=settings, host=args.host, port=args.port, patterns=patterns
+        broker_url=url,
+        settings=settings,
+        host=args.host,
+        port=args.port,
+        patterns=patterns,
+        http=not args.no_http,
     )
     return worker.run()
 

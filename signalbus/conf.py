@@ -35,6 +35,8 @@ _KNOWN = {
     "EXCHANGE",
     "PUBLISH_TIMEOUT",
     "MAX_MESSAGE_BYTES",
+    "SUBSCRIBERS",
+    "SUBSCRIBER_THREADS",
 }
 
 
@@ -56,6 +58,8 @@ class Settings:
     exchange: str = "signalbus"
     publish_timeout: float = 10.0
     max_message_bytes: int = 1 << 20
+    subscribers: tuple[str, ...] = ()
+    subscriber_threads: int = 4
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
@@ -73,6 +77,21 @@ def _patterns(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
         return tuple(validate_pattern(p) for p in value)
     except ValueError as exc:
         raise ConfigurationError(f"SIGNALBUS[{key!r}]: {exc}") from None
+
+
+def _is_module_path(value: object) -> bool:
+    return isinstance(value, str) and all(part.isidentifier() for part in value.split("."))
+
+
+def _modules(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = raw.get(key, ())
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not all(_is_module_path(m) for m in value)
+    ):
+        raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a list of dotted module paths")
+    return tuple(value)
 
 
 def _callable(raw: Mapping[str, Any], key: str) -> Callable[[Any, str], bool] | None:
@@ -125,14 +144,28 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         exchange=str(raw.get("EXCHANGE", "signalbus")),
         publish_timeout=_positive(raw, "PUBLISH_TIMEOUT", 10.0, float),
         max_message_bytes=_positive(raw, "MAX_MESSAGE_BYTES", 1 << 20),
+        subscribers=_modules(raw, "SUBSCRIBERS"),
+        subscriber_threads=_positive(raw, "SUBSCRIBER_THREADS", 4),
     )
+
+
+class _Checked:
+    """The last ``SIGNALBUS`` dict checked, with the result: every event reads the settings,
+    so they are parsed once per dict (``override_settings`` gives a new dict, a new parse).
+    One tuple, swapped whole, so that a thread never sees one dict with another's result."""
+
+    last: tuple[object, Settings] | None = None
 
 
 def get_settings() -> Settings:
     """The project's settings, checked. Needs Django configured."""
     from django.conf import settings
 
-    return parse_settings(getattr(settings, "SIGNALBUS", {}))
+    raw = getattr(settings, "SIGNALBUS", {})
+    last = _Checked.last
+    if last is None or last[0] is not raw:
+        last = _Checked.last = (raw, parse_settings(raw))
+    return last[1]
 
 
 def broker_url(cli: str | None = None, configured: Settings | None = None) -> str:

@@ -6,7 +6,7 @@ stream's ``Last-Event-ID`` names a point in time as well as an event.
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import os
 import re
 import socket
@@ -55,11 +55,18 @@ def new_event_id() -> str:
     return _clock.next()[0]
 
 
+@functools.lru_cache(maxsize=4)
+def _format_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def _format_time(ns: int) -> str:
-    stamp = dt.datetime.fromtimestamp(ns // 1000 / 1e6, tz=dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds; the seconds part is formatted once per second."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    return f"{_format_second(seconds)}.{rest // 1000:06d}Z"
 
 
+@functools.cache
 def default_source() -> str:
     return f"//{socket.gethostname()}"
 

@@ -1,4 +1,5 @@
-"""The fan-out worker: broker -> hub -> SSE streams, served by uvicorn.
+"""The fan-out worker: broker -> hub -> SSE streams, served by uvicorn; and broker ->
+``@signalbus.subscriber`` functions (`bridges.remote`), alone with ``--no-http``.
 
 The worker owns its signal handling: uvicorn re-raises SIGTERM after its own
 shutdown, which would end the process with -15 instead of the 0 the contract
@@ -14,14 +15,18 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Coroutine, Iterator, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conf import Settings, mask_url
 from .errors import ConfigurationError, InvalidEvent
 from .events import Event
 from .hub import Hub
+
+if TYPE_CHECKING:
+    from brokers.base import Broker, Consumer
 
 __all__ = ["Worker"]
 
@@ -58,23 +63,29 @@ class Worker:
         host: str = "127.0.0.1",
         port: int = 8001,
         patterns: Sequence[str] = ("#",),
+        http: bool = True,
     ) -> None:
         self.broker_url = broker_url
+        self.http = http  # False: ``--no-http``, the @subscriber functions only
         self.settings = settings
         self.host = host
         self.port = port
         self.patterns = tuple(patterns)
         self.hub = Hub(replay_size=settings.replay_buffer, queue_size=settings.client_queue)
         self.bad_messages = 0
+        self.lag = 0.0  # seconds from the newest event's creation to its arrival here
 
     def run(self) -> int:
         """Serve until Ctrl-C or SIGTERM; the exit status for the command line."""
         from brokers.registry import open_broker
 
-        consumer = open_broker(self.broker_url).consumer(self.patterns)
+        consumer = self._consumer(open_broker(self.broker_url))
+        consumer.yield_every = max(1, min(64, self.settings.client_queue // 4))
+        if not self.http:
+            return _run(self._run_subscribers(consumer))
         sock = bind_socket(self.host, self.port)
         try:
-            return asyncio.run(self._serve(consumer, sock))
+            return _run(self._serve(consumer, sock))
         finally:
             sock.close()
 
@@ -93,7 +104,52 @@ class Worker:
             raise
         if b"\n" in body or b"\r" in body:
             body = event.encode()  # an SSE data: field is one line
+        self.lag = _age(event.id)
         self.hub.publish(event.id, event.topic, body)
+
+    def _consumer(self, broker: Broker) -> Consumer:
+        """The hub's stream, with the deliveries of the ``@signalbus.subscriber`` functions
+        when any are registered (`bridges.remote`), as one consumer."""
+        from .subscribers import discover
+
+        subscribers = discover(self.settings.subscribers)
+        if subscribers:
+            from bridges.remote import subscribers_consumer
+
+            hub_patterns = self.patterns if self.http else ()
+            return subscribers_consumer(
+                broker, subscribers, hub_patterns=hub_patterns, settings=self.settings
+            )
+        if not self.http:
+            raise ConfigurationError(
+                "--no-http runs @signalbus.subscriber functions and none is registered; put them"
+                " in an installed app's subscribers.py or list them in SIGNALBUS['SUBSCRIBERS']"
+            )
+        return broker.consumer(self.patterns)
+
+    async def _run_subscribers(self, consumer: Consumer) -> int:
+        """``--no-http``: run the subscribers until Ctrl-C or SIGTERM, with no port bound;
+        calls under way get `bridges.remote.SHUTDOWN_GRACE` to finish, then exit 0."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await consumer.start()
+        consuming = asyncio.create_task(consumer.run(self.deliver), name="signalbus-consumer")
+        stopping = asyncio.create_task(stop.wait())
+        logger.info(
+            "signalbus worker: subscribers only (no HTTP), broker %s", mask_url(self.broker_url)
+        )
+        done, _ = await asyncio.wait({consuming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        failed = consuming in done
+        if failed:
+            reason = consuming.exception() or "it returned"
+            logger.error("the broker consumer stopped: %s; the worker stops too", reason)
+        for task in (stopping, consuming):
+            task.cancel()
+        await asyncio.gather(stopping, consuming, return_exceptions=True)
+        await consumer.aclose()
+        return 1 if failed else 0
 
     async def _serve(self, consumer: Any, sock: socket.socket) -> int:
         import uvicorn
@@ -107,6 +163,9 @@ class Worker:
             self.settings,
             ready=lambda: consumer.ready,
             counters={"signalbus_bad_messages": lambda: self.bad_messages},
+            # A worker that falls behind shows it here before its clients do (DESIGN.md,
+            # "Pitfalls": a backlog in the broker grows silently otherwise).
+            gauges={"signalbus_delivery_lag_seconds": lambda: self.lag},
         )
         config = uvicorn.Config(
             app,
@@ -132,6 +191,29 @@ class Worker:
                 await consuming
             await consumer.aclose()
         return 1 if server.failed else 0
+
+
+def _age(event_id: str) -> float:
+    """Seconds since a signalbus id was made (its first 16 hex digits are nanoseconds);
+    0 for ids of other origins, which carry no time."""
+    try:
+        return (
+            max(0.0, (time.time_ns() - int(event_id[:16], 16)) / 1e9)
+            if len(event_id) == 32
+            else 0.0
+        )
+    except ValueError:
+        return 0.0
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where installed (uvicorn's ``standard`` extra), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _on_consumer_end(task: asyncio.Task[None], server: _Server) -> None:

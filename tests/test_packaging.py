@@ -204,6 +204,7 @@ def test_tests_brokers_does_not_shadow_the_real_brokers() -> None:
         "signalbus.events",
         "signalbus.conf",
         "signalbus.hub",
+        "signalbus.subscribers",
         "brokers.base",
         "brokers.registry",
         "brokers.memory",

@@ -208,6 +208,8 @@ def test_health_readiness_and_metrics(shared_worker, publisher):
         reader.get()
         assert _metric(shared_worker, "signalbus_sse_streams") >= 1
     assert _metric(shared_worker, "signalbus_events_received_total") == before + 1
+    assert 0 < _metric(shared_worker, "signalbus_delivery_lag_seconds") < 5
+    assert _metric(shared_worker, "signalbus_broker_ready") == 1
 
 
 def _metric(worker: WorkerProcess, name: str) -> float:

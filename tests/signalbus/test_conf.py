@@ -206,3 +206,15 @@ def test_mask_url_hides_the_password_only(url: str, masked: str) -> None:
 
 def test_mask_url_of_an_unparsable_url_shows_no_part_of_it() -> None:
     assert mask_url("amqp://guest:secret@[::1:5672/") == "<unparsable URL>"
+
+
+def test_subscriber_settings_are_read_and_checked() -> None:
+    assert (Settings().subscribers, Settings().subscriber_threads) == ((), 4)
+    parsed = parse_settings({"SUBSCRIBERS": ["shop.subscribers", "hooks"], "SUBSCRIBER_THREADS": 8})
+    assert (parsed.subscribers, parsed.subscriber_threads) == (("shop.subscribers", "hooks"), 8)
+    for modules in ("shop.subscribers", ["shop..x"], [42], ["shop-x"]):
+        with pytest.raises(ConfigurationError, match="SUBSCRIBERS'] must be a list of dotted"):
+            parse_settings({"SUBSCRIBERS": modules})
+    for threads in (0, -1, "4", True):
+        with pytest.raises(ConfigurationError, match="SUBSCRIBER_THREADS'] must be a positive"):
+            parse_settings({"SUBSCRIBER_THREADS": threads})
