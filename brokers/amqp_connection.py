@@ -1,16 +1,19 @@
 """One pika connection on the worker's asyncio loop, kept open for a consumer that owns it.
 
 Why on the loop: what the consumer hands over and what it settles (acks,
-publishes) are then plain calls on one thread, with no handoff and no lock
-(see `brokers.amqp_consumer`, which has the same flow inline and can move onto
-this class once the work under way on its queue declaration has landed).
+publishes) are then plain calls on one thread, with no handoff and no lock.
+Its owners: the worker's own queue (`brokers.amqp_consumer`) and its
+subscriber queues (`brokers.amqp_subscriber`).
 
 `LoopConnection.open` connects and waits until the owner says it is consuming;
 a failure then is one line (`brokers.amqp.connection_error`): broker down, login
 refused, a queue or exchange declared otherwise. After that every fault (the
 connection lost, a channel closed by the broker, a consumer cancelled) goes
 through one path: close the connection, wait (doubling to a cap, reset after a
-success), connect again and give the owner a new channel.
+success), connect again and give the owner a new channel. An owner that needs
+more adds its own callbacks to each channel (pika calls every one registered),
+says what consuming again means for it (``on_resumed``) and has a last word on
+the open channel when closing for good (``on_closing``).
 """
 
 from __future__ import annotations
@@ -40,13 +43,22 @@ class LoopConnection:
     """A connection that reopens itself; ``on_channel`` sets up each new channel."""
 
     def __init__(
-        self, url: str, params: Any, on_channel: Callable[[Any], None], *, what: str
+        self,
+        url: str,
+        params: Any,
+        on_channel: Callable[[Any], None],
+        *,
+        what: str,
+        on_resumed: Callable[[], None] | None = None,
+        on_closing: Callable[[Any], None] | None = None,
     ) -> None:
         self.url = url
         self.params = params
         self.what = what  # who is connecting, for the log: "AMQP subscribers"
         self.channel: Any = None
         self._on_channel = on_channel
+        self._on_resumed = on_resumed  # consuming again after a fault; by default a log line
+        self._on_closing = on_closing  # given the channel, still open, by `close`
         self._ready = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection: Any = None
@@ -55,6 +67,9 @@ class LoopConnection:
         self._closed: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._cause: BaseException | None = None
+        # A shorter cap than the publishers': while a worker has no queue of its own bound
+        # (`brokers.amqp_consumer`), events published (or retried by publishers that came
+        # back first) are not queued for it.
         self._backoff = Backoff(cap=2.0)
 
     @property
@@ -84,6 +99,8 @@ class LoopConnection:
         self._backoff.reset()
         if self._opened is not None and not self._opened.done():
             self._opened.set_result(None)
+        elif self._on_resumed is not None:
+            self._on_resumed()
         else:
             logger.info("%s: consuming again from %s", self.what, mask_url(self.url))
 
@@ -104,6 +121,8 @@ class LoopConnection:
             self._timer.cancel()
             self._timer = None
         connection = self._connection
+        if self._on_closing is not None and self.channel is not None and self.channel.is_open:
+            self._on_closing(self.channel)
         if connection is not None and not connection.is_closed:
             self._closed = asyncio.get_running_loop().create_future()
             if not connection.is_closing:

@@ -1,5 +1,8 @@
 """The worker's half of `brokers.amqp`: pika's ``AsyncioConnection`` on the worker's loop.
 
+The connection, its recovery and its close are `brokers.amqp_connection.LoopConnection`'s;
+this module declares the worker's queue on each new channel and consumes it.
+
 Why on the loop and not in a thread of its own: ``deliver`` must run on the
 worker's loop and each ack must go out on pika's; on one loop both are plain
 calls, with no handoff in either direction and no lock. pika's asyncio adapter
@@ -12,20 +15,17 @@ SSE streams write while a burst comes in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pika.adapters.asyncio_connection import AsyncioConnection
-
 from signalbus.conf import mask_url
-from signalbus.errors import BrokerUnavailable, InvalidEvent, SignalbusError
+from signalbus.errors import InvalidEvent, SignalbusError
 from signalbus.topics import validate_pattern
 
-from .amqp import Backoff, connection_error, describe
+from .amqp_connection import LoopConnection
 from .base import Consumer, Deliver
 
 __all__ = ["AMQPConsumer"]
@@ -33,8 +33,6 @@ __all__ = ["AMQPConsumer"]
 logger = logging.getLogger("signalbus.brokers.amqp")
 
 PREFETCH = 1_000  # unacked messages in flight: bounds the worker's backlog in memory
-START_TIMEOUT = 30.0  # beyond pika's own connect (10 s) and handshake (15 s) timeouts
-CLOSE_TIMEOUT = 2.0
 
 
 DEAD_LETTER_EXCHANGE = "signalbus.dlx"
@@ -73,7 +71,6 @@ class AMQPConsumer(Consumer):
         prefetch: int = PREFETCH,
     ) -> None:
         self.url = url
-        self.params = params
         self.exchange = exchange
         self.patterns = tuple(validate_pattern(p) for p in patterns)
         self.prefetch = prefetch
@@ -82,41 +79,27 @@ class AMQPConsumer(Consumer):
         self.dead_lettered = 0  # messages that were not events: sent to signalbus.dlx
         self._declared = False  # the queue exists on the broker: redeclare passively
         self._lost = False  # the queue vanished while disconnected: a gap to report
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: asyncio.Queue[_Message] | None = None
-        self._connection: Any = None
-        self._channel: Any = None
-        self._ready = False
-        self._closing = False
-        self._opened: asyncio.Future[None] | None = None  # the first setup's outcome
-        self._closed: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._cause: BaseException | None = None
         self._acked = 0  # the last delivery tag acked on the current channel
-        # A shorter cap than the publishers': while this worker has no queue bound, events
-        # published (or retried by publishers that came back first) are not queued for it.
-        self._backoff = Backoff(cap=2.0)
+        self._link = LoopConnection(
+            url,
+            params,
+            self._on_channel,
+            what="AMQP consumer",
+            on_resumed=self._on_resumed,
+            on_closing=self._on_closing,
+        )
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._link.ready
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._closing = False
         self._inbox = asyncio.Queue()
-        self._opened = self._loop.create_future()
-        self._connect()
         try:
-            await asyncio.wait_for(self._opened, START_TIMEOUT)
-        except TimeoutError:
-            await self.aclose()
-            shown = mask_url(self.url)
-            raise BrokerUnavailable(
-                f"cannot reach broker {shown} (timed out); is RabbitMQ running?"
-            ) from None
+            await self._link.open()  # closes the link itself, then raises the one-line error
         except SignalbusError:
-            await self.aclose()
+            self._inbox = None
             raise
 
     async def run(self, deliver: Deliver) -> None:
@@ -146,7 +129,7 @@ class AMQPConsumer(Consumer):
         self.dead_lettered += 1
         logger.warning("message on %s dead-lettered: %s", message.topic, reason)
         channel = message.channel
-        if channel is not self._channel or not channel.is_open:
+        if channel is not self._link.channel or not channel.is_open:
             return  # redelivered on the next connection, and judged again
         props = message.properties
         headers = dict(props.headers or {})
@@ -157,70 +140,44 @@ class AMQPConsumer(Consumer):
     def _ack(self, message: _Message, *, last: bool) -> None:
         """Ack up to ``message``: at the end of a burst, or every half prefetch within one."""
         channel = message.channel
-        if channel is not self._channel or not channel.is_open:
+        if channel is not self._link.channel or not channel.is_open:
             return  # its channel is gone: the broker redelivers it on the next one
         if last or message.tag - self._acked >= self.prefetch // 2:
             channel.basic_ack(message.tag, multiple=True)
             self._acked = message.tag
 
     async def aclose(self) -> None:
-        self._closing = True
-        self._ready = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        connection = self._connection
-        if self._channel is not None and self._channel.is_open:
-            # A clean stop: nobody will consume this queue again.
-            self._channel.queue_delete(self.queue)
-        if connection is not None and not connection.is_closed:
-            self._closed = asyncio.get_running_loop().create_future()
-            if not connection.is_closing:
-                connection.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed, CLOSE_TIMEOUT)
-        self._connection = self._channel = self._inbox = None
+        await self._link.close()  # `_on_closing` deletes the queue if the channel is open
+        self._inbox = None
 
-    # -- the protocol flow, one step per broker answer -------------------------------------------
+    def _on_closing(self, channel: Any) -> None:
+        # A clean stop: nobody will consume this queue again.
+        channel.queue_delete(self.queue)
 
-    def _connect(self) -> None:
-        self._timer = None
-        if self._closing:
-            return
-        self._connection = AsyncioConnection(
-            self.params,
-            on_open_callback=self._on_connection_open,
-            on_open_error_callback=self._on_connection_open_error,
-            on_close_callback=self._on_connection_closed,
-            custom_ioloop=self._loop,
-        )
+    # -- each new channel: the protocol flow, one step per broker answer -------------------------
 
-    def _on_connection_open(self, connection: Any) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
-
-    def _on_channel_open(self, channel: Any) -> None:
-        self._channel = channel
+    def _on_channel(self, channel: Any) -> None:
         self._acked = 0
-        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_close_callback(self._on_channel_closed)  # after the link's own
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_qos(prefetch_count=self.prefetch, callback=self._on_qos_ok)
 
     def _on_qos_ok(self, _frame: Any) -> None:
         # Declared here too, so that a worker may start before any publisher.
-        self._channel.exchange_declare(
+        self._link.channel.exchange_declare(
             self.exchange, "topic", durable=True, callback=self._on_exchange_declareok
         )
 
     def _on_exchange_declareok(self, _frame: Any) -> None:
-        self._channel.exchange_declare(
+        self._link.channel.exchange_declare(
             DEAD_LETTER_EXCHANGE, "topic", durable=True, callback=self._on_dlx_declareok
         )
 
     def _on_dlx_declareok(self, _frame: Any) -> None:
-        self._channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, callback=self._on_dlq_ok)
+        self._link.channel.queue_declare(DEAD_LETTER_QUEUE, durable=True, callback=self._on_dlq_ok)
 
     def _on_dlq_ok(self, _frame: Any) -> None:
-        self._channel.queue_bind(
+        self._link.channel.queue_bind(
             DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, "#", callback=self._declare_queue
         )
 
@@ -228,11 +185,11 @@ class AMQPConsumer(Consumer):
         if self._declared:
             # Reconnecting: is the queue, and what was routed to it meanwhile, still there?
             # A 404 closes the channel; `_on_channel_closed` records the gap.
-            self._channel.queue_declare(
+            self._link.channel.queue_declare(
                 self.queue, passive=True, callback=self._on_queue_declareok
             )
             return
-        self._channel.queue_declare(
+        self._link.channel.queue_declare(
             self.queue,
             durable=True,
             arguments={"x-expires": QUEUE_EXPIRES_MS, "x-max-length": QUEUE_MAX_LENGTH},
@@ -241,24 +198,24 @@ class AMQPConsumer(Consumer):
 
     def _on_queue_declareok(self, _frame: Any) -> None:
         self._declared = True
+        channel = self._link.channel
         for pattern in self.patterns[:-1]:
-            self._channel.queue_bind(self.queue, self.exchange, pattern, callback=_ignore)
+            channel.queue_bind(self.queue, self.exchange, pattern, callback=_ignore)
         if self.patterns:
-            self._channel.queue_bind(
+            channel.queue_bind(
                 self.queue, self.exchange, self.patterns[-1], callback=self._on_bindok
             )
         else:
             self._on_bindok(None)
 
     def _on_bindok(self, _frame: Any) -> None:
-        self._channel.basic_consume(self.queue, self._on_message, callback=self._on_consume_ok)
+        self._link.channel.basic_consume(self.queue, self._on_message, callback=self._on_consume_ok)
 
     def _on_consume_ok(self, _frame: Any) -> None:
-        self._ready = True
-        self._backoff.reset()
-        if self._opened is not None and not self._opened.done():
-            self._opened.set_result(None)
-        elif self._lost:
+        self._link.set_ready()  # the first time, `start` returns; after a fault, `_on_resumed`
+
+    def _on_resumed(self) -> None:
+        if self._lost:
             self._lost = False
             logger.warning(
                 "AMQP consumer on %s: its queue expired while disconnected; events published"
@@ -275,51 +232,16 @@ class AMQPConsumer(Consumer):
             message = _Message(channel, method.delivery_tag, method.routing_key, body, properties)
             self._inbox.put_nowait(message)
 
-    # -- faults: every one goes through the connection's close, then `_on_failure` -----------
+    # -- faults: the link recovers from every one; the consumer notes a lost queue ----------------
 
     def _on_channel_closed(self, _channel: Any, exc: BaseException) -> None:
+        # The link's own callback, called first, has already begun the reconnect.
         if getattr(exc, "reply_code", None) == 404 and self._declared:
             self._declared = False  # declare it anew on the next connection
             self._lost = True
-        self._restart(exc)
 
     def _on_cancelled(self, _frame: Any) -> None:
-        self._restart(RuntimeError("the broker cancelled the consumer (queue deleted?)"))
-
-    def _restart(self, cause: BaseException) -> None:
-        self._ready = False
-        self._channel = None
-        connection = self._connection
-        if connection is not None and not (connection.is_closing or connection.is_closed):
-            self._cause = cause
-            connection.close()
-
-    def _on_connection_open_error(self, _connection: Any, exc: BaseException) -> None:
-        self._connection = None
-        self._on_failure(self._cause or exc)
-
-    def _on_connection_closed(self, _connection: Any, exc: BaseException) -> None:
-        self._connection = self._channel = None
-        self._ready = False
-        self._on_failure(self._cause or exc)
-
-    def _on_failure(self, exc: BaseException) -> None:
-        self._cause = None
-        if self._closing:
-            if self._closed is not None and not self._closed.done():
-                self._closed.set_result(None)
-        elif self._opened is not None and not self._opened.done():
-            self._opened.set_exception(connection_error(self.url, exc))
-        else:
-            assert self._loop is not None
-            delay = self._backoff.next()
-            logger.warning(
-                "AMQP consumer: no connection to %s (%s); retrying in %.1f s",
-                mask_url(self.url),
-                describe(exc),
-                delay,
-            )
-            self._timer = self._loop.call_later(delay, self._connect)
+        self._link.restart(RuntimeError("the broker cancelled the consumer (queue deleted?)"))
 
 
 def _ignore(_frame: Any) -> None:
