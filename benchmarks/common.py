@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -88,6 +89,7 @@ def machine() -> list[tuple[str, str]]:
         ("uvicorn", _version("uvicorn")),
         ("uvloop", _version("uvloop")),
         ("sse-starlette", _version("sse-starlette")),
+        ("pika", _version("pika")),
         ("load average", loadavg()),
     ]
 
@@ -212,6 +214,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+# -- the broker -------------------------------------------------------------------------------
+
+AMQP_URL = f"amqp://guest:guest@{HOST}:5672/%2F"
+BROKERS = ("zmq", "amqp")
+
+
+@contextlib.contextmanager
+def fresh_broker(broker: str) -> Iterator[str]:
+    """A URL of its own for one run: a free 0MQ port, or a fresh RabbitMQ exchange
+    (``bench-<random>``), deleted on leaving, once the run's processes are stopped."""
+    if broker == "zmq":
+        yield f"zmq://{HOST}:{free_port()}"
+        return
+    import pika
+
+    exchange = f"bench-{uuid.uuid4().hex[:12]}"
+    admin = pika.BlockingConnection(pika.URLParameters(AMQP_URL))  # RabbitMQ is up
+    version = admin._impl.server_properties.get("version", "?")  # bytes or str by pika version
+    admin.close()
+    version = version.decode() if isinstance(version, bytes) else version
+    print(f"RabbitMQ {version} at {AMQP_URL}, exchange {exchange}\n", flush=True)
+    try:
+        yield f"{AMQP_URL}?exchange={exchange}"
+    finally:
+        admin = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        admin.channel().exchange_delete(exchange)
+        admin.close()
 
 
 # -- the worker -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Commit-to-SSE-client latency with N connected clients at a paced event rate.
 
     python -m benchmarks.e2e_latency [--clients 100,1000] [--rate 100] [--duration 10]
+                                     [--broker zmq|amqp]
 
 For each N (and each of ``--repeat`` runs) a fresh worker (``python -m
 signalbus worker``) is started; a load-generator process (`benchmarks.loadgen`)
@@ -8,8 +9,10 @@ opens N ``GET /events?topic=bench.#`` streams; this process is the Django
 publisher: it saves ``rate x duration`` Tick rows at the paced rate, each in
 autocommit, each payload carrying ``time.time_ns()`` read just before
 ``save()``. Latency is the client's arrival time minus that stamp, so it
-includes the INSERT and its commit, the event built and sent on commit, 0MQ,
-the worker and the SSE write. The table shows medians over ``--repeat`` runs.
+includes the INSERT and its commit, the event built and sent on commit, the
+broker (0MQ, or RabbitMQ on a fresh exchange, deleted after, the publisher
+waiting for each confirm), the worker and the SSE write. The table shows
+medians over ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from . import loadgen
 from .common import (
+    BROKERS,
     HOST,
     SETTINGS,
     Children,
@@ -34,7 +38,7 @@ from .common import (
     Worker,
     bench_env,
     fmt,
-    free_port,
+    fresh_broker,
     median,
     memory_kb,
     migrate,
@@ -209,8 +213,8 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         head = [clients, min(r.connected for r in runs), fmt(args.rate), runs[0].events]
         rows.append(head + [fmt(median([r.figures[k] for r in runs]), d) for k, _, d in COLUMNS])
     print(
-        f"end-to-end latency: medians of {args.repeat} run(s); latency from time.time_ns() "
-        "just before save() (autocommit) to the client's read"
+        f"end-to-end latency ({args.broker}): medians of {args.repeat} run(s); latency from "
+        "time.time_ns() just before save() (autocommit) to the client's read"
     )
     headers = ["clients", "subscribed", "rate/s", "events", *(h for _, h, _ in COLUMNS)]
     print_table(headers, rows)
@@ -219,8 +223,11 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
 def run_parent(args: argparse.Namespace) -> int:
     raise_nofile()
     print_machine()
-    with tempfile.TemporaryDirectory(prefix="signalbus-bench-") as tmp:
-        env = bench_env(Path(tmp), f"zmq://{HOST}:{free_port()}")
+    with (
+        fresh_broker(args.broker) as url,
+        tempfile.TemporaryDirectory(prefix="signalbus-bench-") as tmp,
+    ):
+        env = bench_env(Path(tmp), url)
         migrate(env)
         # This process is the publisher: Django on the same database and broker.
         os.environ.update(BENCH_DB_DIR=tmp, SIGNALBUS_BROKER_URL=env["SIGNALBUS_BROKER_URL"])
@@ -250,6 +257,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
+    add("--broker", choices=BROKERS, default="zmq", help="default zmq")
     add("--clients", type=client_counts, default=[100], help="N, or a list: 100,1000")
     add("--rate", type=float, default=100, help="events per second (default 100)")
     add("--duration", type=float, default=10, help="seconds of publishing (default 10)")

@@ -1,16 +1,20 @@
-"""Events per second from ``Model.save()`` into the 0MQ socket, in one process.
+"""Events per second from ``Model.save()`` into the broker (0MQ or RabbitMQ), in one process.
 
-    python -m benchmarks.publish_rate [--count 10000] [--repeat 3] [--payload 100]
+    python -m benchmarks.publish_rate [--broker zmq|amqp] [--count 10000] [--repeat 3]
+                                      [--payload 100]
 
 A real worker (``python -m signalbus worker``) is subscribed at the 0MQ
-endpoint. Each measurement runs in a fresh child process, the variants
-interleaved within each repetition:
+endpoint (or has its queue bound to a fresh RabbitMQ exchange, deleted after).
+Each measurement runs in a fresh child process, the variants interleaved within
+each repetition:
 
 - ``save``: ``Tick.save()`` with Tick not bound (``BENCH_UNBOUND=1``): the bare ORM;
 - ``signalbus``: ``Tick.save()`` with Tick bound: the event is built in ``post_save``
   and sent on commit;
-- ``zmq``: a bare pyzmq XPUB loop sending the same two frames (topic, event JSON)
-  to the same worker: the floor of any 0MQ publisher.
+- ``bare``: the floor of any publisher, sending the same bytes to the same worker:
+  on 0MQ a bare pyzmq XPUB loop sending the two frames (topic, event JSON); on
+  RabbitMQ ``benchmarks.amqp_publish.bare_pika`` (a ``BlockingConnection`` channel
+  with confirms, one ``basic_publish`` after the other, same properties).
 
 ``save`` and ``signalbus`` run twice: in autocommit (each save its own commit)
 and with every save in one ``transaction.atomic()``. The table shows medians
@@ -28,9 +32,10 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import (
-    HOST,
+    BROKERS,
     ROOT,
     SETTINGS,
     Children,
@@ -39,7 +44,7 @@ from .common import (
     bench_env,
     events_received,
     fmt,
-    free_port,
+    fresh_broker,
     median,
     migrate,
     print_machine,
@@ -50,9 +55,12 @@ from .common import (
     wait_received,
 )
 
+if TYPE_CHECKING:
+    from signalbus import Event
+
 WARMUP = 200  # untimed saves or sends first: connection, subscription, caches
 MODES = ("autocommit", "atomic")
-KINDS = ("save", "signalbus", "zmq")
+KINDS = ("save", "signalbus", "bare")
 SNDHWM = 100_000  # as signalbus's own publisher: a 10,000-event burst never blocks
 
 
@@ -91,21 +99,21 @@ def time_saves(kind: str, mode: str, count: int, size: int) -> float:
     return time.perf_counter() - start
 
 
-def _zmq_frames(i: int, size: int) -> tuple[bytes, bytes]:
-    """The two frames signalbus would send for the ``i``-th Tick created."""
+def _event(i: int, size: int) -> Event:
+    """The event signalbus would send for the ``i``-th Tick created."""
     from signalbus import Event
 
     topic = f"bench.tick.{i + 1}.created"
     data = {"payload": _payload(i, size)}
-    event = Event.create(topic, data, type="bench.tick.created", subject=f"/bench/tick/{i + 1}")
-    return topic.encode("ascii"), event.encode()
+    return Event.create(topic, data, type="bench.tick.created", subject=f"/bench/tick/{i + 1}")
 
 
 def time_zmq_sends(broker_url: str, count: int, size: int) -> float:
     """Seconds for ``count`` two-frame sends on a bare XPUB socket, once a worker subscribed."""
     import zmq
 
-    frames = [_zmq_frames(i, size) for i in range(WARMUP + count)]
+    events = [_event(i, size) for i in range(WARMUP + count)]
+    frames = [(event.topic.encode("ascii"), event.encode()) for event in events]
     context = zmq.Context()
     sock = context.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
@@ -124,9 +132,26 @@ def time_zmq_sends(broker_url: str, count: int, size: int) -> float:
         context.term()
 
 
+def time_pika_publishes(broker_url: str, count: int, size: int) -> float:
+    """Seconds for ``count`` confirmed publishes of `benchmarks.amqp_publish`'s bare pika loop
+    (its connection opened outside the timing), after ``WARMUP`` on a connection of their own."""
+    from brokers.amqp import parse_amqp_url
+
+    from .amqp_publish import bare_pika
+
+    events = [_event(i, size) for i in range(WARMUP + count)]
+    bodies = [event.encode() for event in events]
+    url, exchange = broker_url.partition("?")[0], parse_amqp_url(broker_url)[1]
+    assert exchange is not None
+    bare_pika(url, exchange, events[:WARMUP], bodies[:WARMUP])
+    return bare_pika(url, exchange, events[WARMUP:], bodies[WARMUP:])
+
+
 def run_child(args: argparse.Namespace) -> int:
-    if args.child == "zmq":
-        seconds = time_zmq_sends(os.environ["SIGNALBUS_BROKER_URL"], args.count, args.payload)
+    url = os.environ["SIGNALBUS_BROKER_URL"]
+    if args.child == "bare":
+        timer = time_zmq_sends if url.startswith("zmq:") else time_pika_publishes
+        seconds = timer(url, args.count, args.payload)
     else:
         seconds = time_saves(args.child, args.mode, args.count, args.payload)
     print(json.dumps({"seconds": seconds}))
@@ -162,7 +187,7 @@ def measure_all(
     """Every variant ``--repeat`` times, interleaved: rates, and events the worker took in."""
     rates: dict[tuple[str, str], list[float]] = defaultdict(list)
     taken: dict[tuple[str, str], list[int]] = defaultdict(list)
-    plan = [(kind, mode) for mode in MODES for kind in KINDS if (kind, mode) != ("zmq", "atomic")]
+    plan = [(kind, mode) for mode in MODES for kind in KINDS if (kind, mode) != ("bare", "atomic")]
     for rep in range(1, args.repeat + 1):
         for kind, mode in plan:
             before = events_received(worker)
@@ -187,28 +212,36 @@ def print_results(
     taken: dict[tuple[str, str], list[int]],
     args: argparse.Namespace,
 ) -> None:
-    zmq_rate = median(rates["zmq", "autocommit"])
-    headers = ["mode", "saves", "bare save/s", "save+signalbus/s", "bare zmq send/s"]
-    headers += ["signalbus÷save", "signalbus÷zmq", "signalbus µs/save", "worker got (min)"]
+    bare_rate = median(rates["bare", "autocommit"])
+    bare = "zmq send" if args.broker == "zmq" else "pika publish"
+    headers = ["mode", "saves", "bare save/s", "save+signalbus/s", f"bare {bare}/s"]
+    headers += ["signalbus÷save", f"signalbus÷{bare.split()[0]}", "signalbus µs/save"]
+    headers += ["worker got (min)"]
     rows = []
     for mode in MODES:
-        bare, bus = median(rates["save", mode]), median(rates["signalbus", mode])
-        added = 1e6 / bus - 1e6 / bare
+        save, bus = median(rates["save", mode]), median(rates["signalbus", mode])
+        added = 1e6 / bus - 1e6 / save
         got = f"{min(taken['signalbus', mode]):,}"
         rows.append(
-            [mode, fmt(args.count), fmt(bare), fmt(bus), fmt(zmq_rate), f"{bus / bare:.2f}"]
+            [mode, fmt(args.count), fmt(save), fmt(bus), fmt(bare_rate), f"{bus / save:.2f}"]
         )
-        rows[-1] += [f"{bus / zmq_rate:.3f}", fmt(added, 1), got]
-    print(f"publish rate: medians of {args.repeat} runs, {args.payload}-byte payload")
+        rows[-1] += [f"{bus / bare_rate:.3f}", fmt(added, 1), got]
+    print(
+        f"publish rate ({args.broker}): medians of {args.repeat} runs, {args.payload}-byte payload"
+    )
     print_table(headers, rows)
-    zmq_got = min(taken["zmq", "autocommit"])
-    print(f"bare zmq: one loop per run, shown on both rows; the worker got {zmq_got:,} (min)\n")
+    bare_got = min(taken["bare", "autocommit"])
+    print(f"bare {bare}: one loop per run, shown on both rows; the worker got {bare_got:,} (min)\n")
 
 
 def run_parent(args: argparse.Namespace) -> int:
     print_machine()
-    with tempfile.TemporaryDirectory(prefix="signalbus-bench-") as tmp, Children() as children:
-        env = bench_env(Path(tmp), f"zmq://{HOST}:{free_port()}")
+    with (
+        fresh_broker(args.broker) as url,
+        tempfile.TemporaryDirectory(prefix="signalbus-bench-") as tmp,
+        Children() as children,
+    ):
+        env = bench_env(Path(tmp), url)
         migrate(env)
         worker = start_worker(children, env, Path(tmp) / "worker.log")
         window = CpuWindow([worker.pid])
@@ -229,6 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--broker", choices=BROKERS, default="zmq", help="default zmq")
     parser.add_argument("--count", type=int, default=10_000, help="timed saves per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (median shown)")
     parser.add_argument("--payload", type=int, default=100, help="bytes of Tick.payload")

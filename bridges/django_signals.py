@@ -90,7 +90,8 @@ def _send(topic: str, event_id: str, body: bytes) -> None:
     """Runs after commit: a failure is logged with the event's id and counted, never raised
     into a request whose data is already committed."""
     try:
-        get_broker().publish(topic, body)
+        # submit: the events a commit releases share broker round trips (AMQP confirms).
+        get_broker().submit(topic, body)
     except SignalbusError as exc:
         _process.failed += 1
         logger.error("event %s on %s not published: %s", event_id, topic, exc)

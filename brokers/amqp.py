@@ -44,6 +44,7 @@ import socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,7 @@ from .base import Broker, Capabilities
 
 if TYPE_CHECKING:
     from .amqp_consumer import AMQPConsumer
-    from .amqp_publisher import PublisherIO
+    from .amqp_publisher import Outgoing, PublisherIO
     from .amqp_subscriber import AMQPSubscriptions
 
 __all__ = ["AMQPBroker", "Backoff", "connection_error", "describe", "parse_amqp_url"]
@@ -72,6 +73,7 @@ logger = logging.getLogger("signalbus.brokers.amqp")
 
 DEFAULT_EXCHANGE = "signalbus"
 DEFAULT_PUBLISH_TIMEOUT = 10.0
+SUBMIT_WINDOW = 1_000  # unconfirmed events per thread before `AMQPBroker.submit` waits
 # AMQP 0-9-1 exchange names; "amq." is reserved for the broker's own.
 _EXCHANGE_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,255}")
 
@@ -282,6 +284,7 @@ class AMQPBroker(Broker):
         self._timeout_option = publish_timeout
         self._lock = threading.Lock()
         self._io: PublisherIO | None = None
+        self._windows = threading.local()  # per thread: what `submit` has not seen confirmed
         self._at_exit = False
         # A forked child must not touch the parent's connection: forget it, and the lock
         # another thread may have held at the fork.
@@ -317,6 +320,25 @@ class AMQPBroker(Broker):
 
     def publish(self, topic: str, body: bytes) -> None:
         self._running().publish(topic, body, properties(body), self.publish_timeout)
+
+    def submit(self, topic: str, body: bytes) -> None:
+        """Queue without waiting for the confirm: the events of one commit go out in a few
+        batches and their confirms come back together. At most ``SUBMIT_WINDOW`` per thread
+        are unconfirmed; past that, a submit waits for the oldest (back-pressure)."""
+        io = self._running()
+        window = self._window()
+        window.append(io.submit(topic, body, properties(body), self.publish_timeout))
+        while len(window) > SUBMIT_WINDOW:
+            oldest = window.popleft()
+            # Waited for as back-pressure only: its failure, if any, is logged as its own.
+            if oldest.done.acquire(timeout=max(0.0, oldest.deadline - time.monotonic())):
+                oldest.done.release()
+
+    def _window(self) -> deque[Outgoing]:
+        window: deque[Outgoing] | None = getattr(self._windows, "items", None)
+        if window is None:
+            window = self._windows.items = deque()
+        return window
 
     def _running(self) -> PublisherIO:
         with self._lock:

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, ClassVar
 
 import pika
 from pika.adapters.select_connection import IOLoop
@@ -27,7 +27,7 @@ from pika.adapters.select_connection import IOLoop
 from signalbus.conf import mask_url
 from signalbus.errors import BrokerUnavailable, PublishError, SignalbusError
 
-from .amqp import Backoff, connection_error, describe
+from .amqp import Backoff, connection_error, describe, headline
 
 __all__ = ["Outgoing", "PublisherIO"]
 
@@ -39,7 +39,8 @@ STOP_TIMEOUT = 2.0  # seconds for the broker to answer our Connection.Close
 class Outgoing:
     """One event on its way; its caller waits on ``done`` until the I/O thread settles it."""
 
-    __slots__ = ("body", "deadline", "done", "error", "properties", "topic")
+    __slots__ = ("awaited", "body", "deadline", "done", "error", "properties", "topic")
+    unreported_failures: ClassVar[int] = 0  # failures nobody waited for: logged and counted
 
     def __init__(self, topic: str, body: bytes, properties: Any, deadline: float) -> None:
         self.topic = topic
@@ -47,6 +48,7 @@ class Outgoing:
         self.properties = properties
         self.deadline = deadline
         self.error: SignalbusError | None = None
+        self.awaited = False  # a caller waits for it, and so reports its failure
         # A bare lock, held until settled: the cheapest thing a thread can wait on.
         self.done = threading.Lock()
         self.done.acquire()
@@ -54,6 +56,11 @@ class Outgoing:
     def settle(self, error: SignalbusError | None = None) -> None:
         self.error = error
         self.done.release()
+        if error is not None and not self.awaited:
+            # Nobody is waiting for this one any more: say it here, never drop it silently.
+            event_id = headline(self.body)[0] or "?"
+            logger.error("event %s on %s not published: %s", event_id, self.topic, error)
+            Outgoing.unreported_failures += 1
 
 
 class PublisherIO:
@@ -94,6 +101,11 @@ class PublisherIO:
 
     def publish(self, topic: str, body: bytes, properties: Any, timeout: float) -> None:
         """Queue one event and wait until the broker confirmed it, or raise."""
+        self.wait(self.submit(topic, body, properties, timeout), timeout)
+
+    def submit(self, topic: str, body: bytes, properties: Any, timeout: float) -> Outgoing:
+        """Queue one event without waiting: `wait` for it later (several confirms then come
+        back in one round trip), or let it be; a failure nobody waits for is logged."""
         item = Outgoing(topic, body, properties, time.monotonic() + timeout)
         self._outbox.append(item)
         # Append before the check, clear before the drain (`_on_wakeup`): no event is
@@ -103,7 +115,12 @@ class PublisherIO:
             self._ioloop.add_callback_threadsafe(self._on_wakeup)
         if self._finished:  # the thread has ended (`close` raced us): nothing would send it
             raise PublishError(f"event on {topic} not published: {self.reason}")
-        if not item.done.acquire(timeout=timeout):
+        return item
+
+    def wait(self, item: Outgoing, timeout: float) -> None:
+        """Wait until ``item`` is confirmed, or raise why not."""
+        item.awaited = True
+        if not item.done.acquire(timeout=max(0.0, item.deadline - time.monotonic())):
             raise self._expired(item, timeout)
         if item.error is not None:
             raise item.error
@@ -157,6 +174,7 @@ class PublisherIO:
         self._timer = None
         if self._stopping:
             return
+        self._expire_waiting()
         self._connection = pika.SelectConnection(
             self.params,
             on_open_callback=self._on_connection_open,
@@ -164,6 +182,14 @@ class PublisherIO:
             on_close_callback=self._on_connection_closed,
             custom_ioloop=self._ioloop,
         )
+
+    def _expire_waiting(self) -> None:
+        """Settle what outlived its deadline in the outbox while there was no connection."""
+        now = time.monotonic()
+        # One timeout for all, so deadlines rise from the head; callers append at the tail.
+        while self._outbox and self._outbox[0].deadline <= now:
+            item = self._outbox.popleft()
+            item.settle(PublishError(f"event on {item.topic} not published: {self.reason}"))
 
     def _on_connection_open(self, connection: Any) -> None:
         connection.add_on_connection_blocked_callback(self._on_blocked)

@@ -153,6 +153,12 @@ class Broker(abc.ABC):
     def publish(self, topic: str, body: bytes) -> None:
         """Send one encoded event. Thread-safe; raises `signalbus.errors.BrokerError`."""
 
+    def submit(self, topic: str, body: bytes) -> None:
+        """Send one encoded event without waiting for the transport's answer, so that the
+        events one commit releases share round trips; a failure is logged and counted by the
+        transport. Transports that have no answer to wait for simply publish."""
+        self.publish(topic, body)
+
     @abc.abstractmethod
     def consumer(self, patterns: Sequence[str]) -> Consumer:
         """A consumer of the events whose topics match ``patterns``."""

@@ -672,3 +672,37 @@ async def test_a_message_that_is_not_an_event_is_dead_lettered_with_the_reason(
     assert [(body, headers["x-signalbus-error"]) for body, headers in letters] == [
         (b"garbage", "not JSON")
     ]
+
+
+@pytest.mark.amqp
+def test_submitted_events_share_round_trips_and_all_arrive(
+    broker: AMQPBroker, exchange: str
+) -> None:
+    with PlainConsumer(exchange, ["bulk.#"]) as plain:
+        events = [Event.create(f"bulk.{i}") for i in range(500)]
+        for event in events:
+            broker.submit(event.topic, event.encode())  # returns before the confirm
+        ids = plain.ids(500)
+    wait_for(lambda: broker.sent == 500)
+    assert ids == [e.id for e in events]
+    # Confirms were not waited for one by one: the I/O thread sent them in batches.
+    assert broker.batches < 100
+
+
+@pytest.mark.amqp
+def test_a_submitted_event_that_cannot_be_sent_is_logged_with_its_id(
+    exchange: str, proxy: TCPProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = AMQPBroker(via(proxy), exchange=exchange, publish_timeout=0.5)
+    try:
+        send(broker, "doomed.warmup")  # connected once
+        proxy.cut()
+        event = Event.create("doomed.1")
+        with caplog.at_level(logging.ERROR, logger="signalbus.brokers.amqp"):
+            broker.submit(event.topic, event.encode())
+            wait_for(lambda: any(event.id in r.getMessage() for r in caplog.records), timeout=15)
+        (record,) = [r for r in caplog.records if event.id in r.getMessage()]
+        assert "doomed.1 not published" in record.getMessage()
+    finally:
+        proxy.restore()
+        broker.close()
