@@ -60,3 +60,13 @@ def _delete_amqp_test_exchanges() -> Iterator[None]:
     from .rabbitmq import delete_exchanges
 
     delete_exchanges()
+
+
+@pytest.fixture
+def exchange() -> Iterator[str]:
+    """An AMQP exchange name of the test's own, deleted after it."""
+    from .rabbitmq import delete_exchanges, unique_exchange
+
+    name = unique_exchange()
+    yield name
+    delete_exchanges(name)

@@ -33,18 +33,11 @@ from brokers.amqp_consumer import AMQPConsumer
 from signalbus import BrokerUnavailable, ConfigurationError, Event, PublishError
 from tests.faults.proxy import TCPProxy
 from tests.helpers import HOST, ROOT, SSEReader, child_env, free_port, wait_for
-from tests.rabbitmq import AMQP_URL, delete_exchanges, unique_exchange
+from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.anyio
 
 WAIT = 10.0  # a generous bound for what should take milliseconds
-
-
-@pytest.fixture
-def exchange() -> Iterator[str]:
-    name = unique_exchange()
-    yield name
-    delete_exchanges(name)
 
 
 @pytest.fixture

@@ -15,16 +15,9 @@ import pytest
 from brokers.amqp import AMQPBroker
 from signalbus import Event, PublishError
 from tests.helpers import SSEReader, wait_for
-from tests.rabbitmq import AMQP_URL, delete_exchanges, unique_exchange
+from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.amqp
-
-
-@pytest.fixture
-def exchange() -> Iterator[str]:
-    name = unique_exchange()
-    yield name
-    delete_exchanges(name)
 
 
 @pytest.fixture
