@@ -12,11 +12,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from httpx_sse import connect_sse
+
+from signalbus.events import Event
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -232,3 +236,37 @@ def raw_request(
                 break
             data += chunk
         return data
+
+
+class Received:
+    """What a consumer delivered, in order, as (topic, event); lives on the loop."""
+
+    timeout = 10.0  # a generous bound for what should take milliseconds
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Event]] = []
+        self._arrived = anyio.Event()
+
+    def deliver(self, topic: str, body: bytes) -> None:
+        self.items.append((topic, Event.decode(body)))
+        self._arrived.set()
+
+    @property
+    def topics(self) -> list[str]:
+        return [topic for topic, _ in self.items]
+
+    @property
+    def ids(self) -> list[str]:
+        return [event.id for _, event in self.items]
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        with anyio.fail_after(self.timeout):
+            while not done():
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+
+    async def wait_for(self, count: int) -> None:
+        await self.wait_until(lambda: len(self.items) >= count)
+
+    async def wait_for_topic(self, topic: str) -> None:
+        await self.wait_until(lambda: topic in self.topics)

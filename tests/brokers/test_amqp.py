@@ -32,7 +32,7 @@ from brokers.amqp import AMQPBroker, headline
 from brokers.amqp_consumer import AMQPConsumer
 from signalbus import BrokerUnavailable, ConfigurationError, Event, PublishError
 from tests.faults.proxy import TCPProxy
-from tests.helpers import HOST, ROOT, SSEReader, child_env, free_port, wait_for
+from tests.helpers import HOST, ROOT, Received, SSEReader, child_env, free_port, wait_for
 from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.anyio
@@ -103,28 +103,6 @@ def send(broker: AMQPBroker, topic: str, data: object = None, **kwargs: Any) -> 
     event = Event.create(topic, data, **kwargs)
     broker.publish(event.topic, event.encode())
     return event
-
-
-class Received:
-    """What a consumer delivered, as (topic, event); lives on the loop."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Event]] = []
-        self._arrived = anyio.Event()
-
-    def deliver(self, topic: str, body: bytes) -> None:
-        self.items.append((topic, Event.decode(body)))
-        self._arrived.set()
-
-    @property
-    def topics(self) -> list[str]:
-        return [topic for topic, _ in self.items]
-
-    async def wait_for(self, count: int) -> None:
-        with anyio.fail_after(WAIT):
-            while len(self.items) < count:
-                self._arrived = anyio.Event()
-                await self._arrived.wait()
 
 
 @asynccontextmanager

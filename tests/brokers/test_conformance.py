@@ -27,7 +27,7 @@ from brokers.base import Broker
 from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
 from signalbus import BrokerUnavailable, Event
-from tests.helpers import HOST, ROOT, free_port
+from tests.helpers import HOST, ROOT, Received, free_port
 from tests.rabbitmq import amqp_url
 
 pytestmark = pytest.mark.anyio
@@ -64,38 +64,6 @@ def broker(url: str) -> Iterator[Broker]:
         broker.connect_timeout = CONNECT_TIMEOUT
     yield broker
     broker.close()
-
-
-class Received:
-    """What a consumer delivered, in order, as (topic, event); lives on the loop."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Event]] = []
-        self._arrived = anyio.Event()
-
-    def deliver(self, topic: str, body: bytes) -> None:
-        self.items.append((topic, Event.decode(body)))
-        self._arrived.set()
-
-    @property
-    def topics(self) -> list[str]:
-        return [topic for topic, _ in self.items]
-
-    @property
-    def ids(self) -> list[str]:
-        return [event.id for _, event in self.items]
-
-    async def wait_until(self, done: Callable[[], bool]) -> None:
-        with anyio.fail_after(WAIT):
-            while not done():
-                self._arrived = anyio.Event()
-                await self._arrived.wait()
-
-    async def wait_for(self, count: int) -> None:
-        await self.wait_until(lambda: len(self.items) >= count)
-
-    async def wait_for_topic(self, topic: str) -> None:
-        await self.wait_until(lambda: topic in self.topics)
 
 
 @asynccontextmanager
