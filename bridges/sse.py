@@ -10,12 +10,18 @@ Deliberate choices:
   than ``send_timeout`` ends the response too. Either way the client resumes
   with ``Last-Event-ID``.
 - Errors are JSON ``{"error": ...}`` with the status the contract names.
+- A signed token (``?token=``, ``Authorization: Bearer``, or the ``signalbus_token``
+  cookie) is checked before the session; a stream it opened is closed when it
+  expires (one timer per stream, no per-event cost), so the reconnect gets 401.
+  The token is never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +48,7 @@ __all__ = ["MAX_TOPICS", "StreamStats", "create_app"]
 logger = logging.getLogger("signalbus.sse")
 
 MAX_TOPICS = 32
+TOKEN_COOKIE = "signalbus_token"  # noqa: S105 (a cookie name, not a secret)
 _EVENT_ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
 _REPLAY_CHUNK = 512
 
@@ -80,11 +87,32 @@ def _last_event_id(request: Request) -> str | None:
     return raw if _EVENT_ID.fullmatch(raw) else "-"
 
 
+def _token(request: Request) -> str | None:
+    """The token presented: ``?token=``, then ``Authorization: Bearer``, then the cookie."""
+    token = request.query_params.get("token")
+    if token is not None:
+        return token
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    return request.cookies.get(TOKEN_COOKIE)
+
+
 async def _frames(
-    sub: Subscription, first: list[bytes], retry_ms: int, hub: Hub, stats: StreamStats
+    sub: Subscription,
+    first: list[bytes],
+    retry_ms: int,
+    hub: Hub,
+    stats: StreamStats,
+    expires: float | None = None,
 ) -> AsyncIterator[bytes]:
     stats.open += 1
     stats.opened += 1
+    timer = None
+    if expires is not None:
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires - time.time())
+        timer = loop.call_at(loop.time() + delay, sub.close, "token expired")
     try:
         yield b"retry: %d\n\n" % retry_ms
         for start in range(0, len(first), _REPLAY_CHUNK):
@@ -95,6 +123,8 @@ async def _frames(
                 return
             yield batch[0] if len(batch) == 1 else b"".join(batch)
     finally:
+        if timer is not None:
+            timer.cancel()
         stats.open -= 1
         hub.unsubscribe(sub)
 
@@ -152,7 +182,14 @@ def create_app(
             return Response(media_type="text/event-stream", headers=cors)
         sub, first = hub.subscribe(tuple(patterns), _last_event_id(request))
         response = EventSourceResponse(
-            _frames(sub, first, settings.retry_ms, hub, stats),
+            _frames(
+                sub,
+                first,
+                settings.retry_ms,
+                hub,
+                stats,
+                expires=None if decision.grant is None else decision.grant.expires,
+            ),
             headers={"Cache-Control": "no-store", **cors},
             ping=settings.keepalive,
             ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
@@ -192,7 +229,11 @@ def create_app(
 
 
 async def _decide(request: Request, patterns: list[str], settings: Settings) -> Decision:
-    """Public patterns need no database; anything else looks up the session user in a thread."""
+    """A token or public patterns need no database; anything else looks up the session
+    user in a thread."""
+    token = _token(request)
+    if token is not None:
+        return decide(patterns, settings, None, token)
     if all(is_public(p, settings.public_topics) for p in patterns):
         return Decision(200)
     cookies = dict(request.cookies)

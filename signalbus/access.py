@@ -5,6 +5,10 @@ pattern (`signalbus.topics.pattern_within`): inside ``PUBLIC_TOPICS``, or
 granted by ``SIGNALBUS["AUTHORIZE"](user, pattern)`` for the user of the
 Django session cookie. A request with no credentials asking for anything
 not public gets 401; a logged-in user asking beyond the grant gets 403.
+
+A signed token (`signalbus.tokens`) replaces the session: when one is
+presented, a forged, malformed or expired token gets 401, and each pattern must
+lie inside one of the token's patterns (or be public), else 403.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from importlib import import_module
 from typing import Any
 
 from .conf import Settings
+from .errors import InvalidToken
+from .tokens import Grant, verify_token
 from .topics import pattern_within
 
 __all__ = ["Decision", "decide", "is_public", "session_user"]
@@ -22,10 +28,12 @@ __all__ = ["Decision", "decide", "is_public", "session_user"]
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one request: HTTP status (200, 401 or 403) and the reason."""
+    """The outcome for one request: HTTP status (200, 401 or 403), the reason, and the
+    grant of the token it was allowed by (its expiry ends the stream)."""
 
     status: int
     reason: str = ""
+    grant: Grant | None = None
 
     @property
     def allowed(self) -> bool:
@@ -58,9 +66,25 @@ def session_user(cookies: Mapping[str, str]) -> Any:
         close_old_connections()
 
 
-def decide(patterns: Sequence[str], settings: Settings, user: Any) -> Decision:
-    """Whether every pattern is allowed; blocking when AUTHORIZE touches the database."""
+def decide(
+    patterns: Sequence[str], settings: Settings, user: Any, token: str | None = None
+) -> Decision:
+    """Whether every pattern is allowed; blocking when AUTHORIZE touches the database.
+
+    ``token`` is the token presented (None when there is none); with one, ``user``
+    is not consulted."""
+    grant = None
+    if token is not None:
+        try:
+            grant = verify_token(token)
+        except InvalidToken as exc:
+            return Decision(401, str(exc))
     private = [p for p in patterns if not is_public(p, settings.public_topics)]
+    if grant is not None:
+        for pattern in private:
+            if not any(pattern_within(pattern, granted) for granted in grant.patterns):
+                return Decision(403, f"pattern {pattern!r} is not allowed by this token")
+        return Decision(200, grant=grant)
     if not private:
         return Decision(200)
     if user is None:

@@ -18,6 +18,7 @@ from .topics import validate_pattern
 __all__ = ["DEFAULT_BROKER_URL", "Settings", "broker_url", "get_settings", "mask_url"]
 
 DEFAULT_BROKER_URL = "zmq://127.0.0.1:5560"
+DEFAULT_EVENTS_URL = "http://127.0.0.1:8001/events"
 ENV_BROKER_URL = "SIGNALBUS_BROKER_URL"
 
 _KNOWN = {
@@ -37,6 +38,7 @@ _KNOWN = {
     "MAX_MESSAGE_BYTES",
     "SUBSCRIBERS",
     "SUBSCRIBER_THREADS",
+    "EVENTS_URL",
 }
 
 
@@ -60,6 +62,7 @@ class Settings:
     max_message_bytes: int = 1 << 20
     subscribers: tuple[str, ...] = ()
     subscriber_threads: int = 4
+    events_url: str = DEFAULT_EVENTS_URL
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
@@ -110,6 +113,15 @@ def _callable(raw: Mapping[str, Any], key: str) -> Callable[[Any, str], bool] | 
     raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a callable or its dotted path")
 
 
+def _events_url(raw: Mapping[str, Any]) -> str:
+    value = raw.get("EVENTS_URL", DEFAULT_EVENTS_URL)
+    if not isinstance(value, str) or not value or "?" in value or "#" in value:
+        raise ConfigurationError(
+            f"SIGNALBUS['EVENTS_URL'] must be the worker's /events URL with no query, not {value!r}"
+        )
+    return value
+
+
 def parse_settings(raw: Mapping[str, Any]) -> Settings:
     """Check a ``SIGNALBUS`` dict; `ConfigurationError` names the first bad key."""
     if not isinstance(raw, Mapping):
@@ -146,6 +158,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         max_message_bytes=_positive(raw, "MAX_MESSAGE_BYTES", 1 << 20),
         subscribers=_modules(raw, "SUBSCRIBERS"),
         subscriber_threads=_positive(raw, "SUBSCRIBER_THREADS", 4),
+        events_url=_events_url(raw),
     )
 
 

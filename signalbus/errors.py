@@ -7,7 +7,8 @@
     │   ├── BrokerUnavailable    cannot reach the broker (now); a retry may help
     │   └── PublishError         one event could not be handed to the broker
     ├── InvalidTopic (ValueError)  a topic or pattern breaks the grammar
-    └── InvalidEvent (ValueError)  an event breaks the CloudEvents contract
+    ├── InvalidEvent (ValueError)  an event breaks the CloudEvents contract
+    └── InvalidToken (ValueError)  a subscription token is forged, malformed or expired
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
     "InvalidEvent",
+    "InvalidToken",
     "InvalidTopic",
     "PublishError",
     "SignalbusError",
@@ -54,3 +56,7 @@ class InvalidTopic(SignalbusError, ValueError):
 
 class InvalidEvent(SignalbusError, ValueError):
     """An event (or a message claiming to be one) breaks the CloudEvents contract."""
+
+
+class InvalidToken(SignalbusError, ValueError):
+    """A subscription token has a bad signature, a malformed payload, or has expired."""

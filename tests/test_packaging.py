@@ -117,6 +117,11 @@ def test_wheel_holds_the_example_project_under_signalbus(wheel_names: list[str])
     assert not [n for n in wheel_names if n.startswith("example/")]
 
 
+def test_wheel_holds_the_browser_helpers(wheel_names: list[str]) -> None:
+    assert "signalbus/static/signalbus/signalbus.js" in wheel_names
+    assert "signalbus/templatetags/signalbus.py" in wheel_names
+
+
 def test_wheel_declares_the_broker_entry_points_and_the_console_script(
     wheel: Path, wheel_names: list[str]
 ) -> None:
