@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,26 @@ def exchange() -> Iterator[str]:
     name = unique_exchange()
     yield name
     delete_exchanges(name)
+
+
+@pytest.fixture
+def publisher(shared_worker: WorkerProcess) -> Iterator[Any]:
+    """A 0MQ publisher connected to the module's shared worker."""
+    from brokers.zeromq import ZeroMQBroker
+
+    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def bus(shared_worker: WorkerProcess) -> Iterator[WorkerProcess]:
+    """Model saves and ``signalbus.publish`` go to the shared worker through 0MQ."""
+    from bridges.django_signals import set_broker
+    from brokers.zeromq import ZeroMQBroker
+
+    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
+    previous = set_broker(broker)
+    yield shared_worker
+    set_broker(previous)
+    broker.close()

@@ -270,3 +270,15 @@ class Received:
 
     async def wait_for_topic(self, topic: str) -> None:
         await self.wait_until(lambda: topic in self.topics)
+
+
+def send(broker: Any, topic: str, data: object = None, **kwargs: Any) -> Event:
+    """Publish one new event straight to a broker (no Django transaction) and return it."""
+    event = Event.create(topic, data, **kwargs)
+    broker.publish(topic, event.encode())
+    return event
+
+
+def events_url(worker: WorkerProcess, *patterns: str, **params: str) -> str:
+    query = httpx.QueryParams([("topic", p) for p in patterns] + list(params.items()))
+    return f"{worker.url}/events?{query}"

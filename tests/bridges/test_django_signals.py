@@ -18,22 +18,12 @@ from django.dispatch import Signal
 import signalbus
 from bridges.django_signals import bind_model, bind_signal, set_broker, unbind_model
 from brokers.base import Broker, Consumer
-from brokers.zeromq import ZeroMQBroker
 from signalbus.errors import ConfigurationError, InvalidTopic, PublishError
 from tests.project.shop.models import Note, Order, Tenant
 
 from ..helpers import ROOT, SSEReader, child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def bus(shared_worker):
-    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
-    previous = set_broker(broker)
-    yield shared_worker
-    set_broker(previous)
-    broker.close()
 
 
 def stream(worker, *patterns: str) -> SSEReader:

@@ -29,13 +29,12 @@ import pytest
 
 from bridges.remote import SubscribersConsumer, describe_error, retry_delay, subscribers_consumer
 from brokers.amqp import AMQPBroker
-from brokers.base import Broker
 from brokers.memory import MemoryBroker
 from signalbus import Event
 from signalbus.conf import Settings
 from signalbus.subscribers import Subscriber
 from tests.faults.proxy import TCPProxy
-from tests.helpers import HOST, ROOT, SSEReader, child_env, wait_for
+from tests.helpers import HOST, ROOT, SSEReader, child_env, send, wait_for
 from tests.project.shop.models import Order
 from tests.rabbitmq import AMQP_URL, delete_exchanges, unique_exchange
 
@@ -93,12 +92,6 @@ def take_dead_letter(event_id: str) -> tuple[Any, Any, bytes]:
         channel.basic_nack(0, multiple=True, requeue=True)
     assert found is not None, f"no dead letter for {event_id}"
     return found
-
-
-def send(broker: Broker, topic: str, data: object = None) -> Event:
-    event = Event.create(topic, data)
-    broker.publish(event.topic, event.encode())
-    return event
 
 
 # -- the worker's consumer, in this process -----------------------------------------------------

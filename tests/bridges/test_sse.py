@@ -13,27 +13,18 @@ import httpx
 import pytest
 
 from brokers.zeromq import ZeroMQBroker
-from signalbus.events import Event
 
-from ..helpers import HOST, ROOT, SSEReader, WorkerProcess, child_env, raw_request, wait_for
-
-
-@pytest.fixture
-def publisher(shared_worker: WorkerProcess):
-    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
-    yield broker
-    broker.close()
-
-
-def send(broker: ZeroMQBroker, topic: str, data: object = None) -> Event:
-    event = Event.create(topic, data)
-    broker.publish(topic, event.encode())
-    return event
-
-
-def events_url(worker: WorkerProcess, *patterns: str, **params: str) -> str:
-    query = httpx.QueryParams([("topic", p) for p in patterns] + list(params.items()))
-    return f"{worker.url}/events?{query}"
+from ..helpers import (
+    HOST,
+    ROOT,
+    SSEReader,
+    WorkerProcess,
+    child_env,
+    events_url,
+    raw_request,
+    send,
+    wait_for,
+)
 
 
 def test_each_event_is_one_message_with_its_id_and_json(shared_worker, publisher):

@@ -32,7 +32,7 @@ from brokers.amqp import AMQPBroker, headline
 from brokers.amqp_consumer import AMQPConsumer
 from signalbus import BrokerUnavailable, ConfigurationError, Event, PublishError
 from tests.faults.proxy import TCPProxy
-from tests.helpers import HOST, ROOT, Received, SSEReader, child_env, free_port, wait_for
+from tests.helpers import HOST, ROOT, Received, SSEReader, child_env, free_port, send, wait_for
 from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.anyio
@@ -97,12 +97,6 @@ class PlainConsumer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def send(broker: AMQPBroker, topic: str, data: object = None, **kwargs: Any) -> Event:
-    event = Event.create(topic, data, **kwargs)
-    broker.publish(event.topic, event.encode())
-    return event
 
 
 @asynccontextmanager

@@ -26,8 +26,8 @@ import pytest
 from brokers.base import Broker
 from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
-from signalbus import BrokerUnavailable, Event
-from tests.helpers import HOST, ROOT, Received, free_port
+from signalbus import BrokerUnavailable
+from tests.helpers import HOST, ROOT, Received, free_port, send
 from tests.rabbitmq import amqp_url
 
 pytestmark = pytest.mark.anyio
@@ -79,12 +79,6 @@ async def consuming(broker: Broker, patterns: Sequence[str]) -> AsyncIterator[Re
             tg.cancel_scope.cancel()
     finally:
         await consumer.aclose()
-
-
-def send(broker: Broker, topic: str, data: object = None) -> Event:
-    event = Event.create(topic, data)
-    broker.publish(event.topic, event.encode())
-    return event
 
 
 # -- every transport ----------------------------------------------------------------------

@@ -13,8 +13,8 @@ import pika
 import pytest
 
 from brokers.amqp import AMQPBroker
-from signalbus import Event, PublishError
-from tests.helpers import SSEReader, wait_for
+from signalbus import PublishError
+from tests.helpers import SSEReader, send, wait_for
 from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.amqp
@@ -25,12 +25,6 @@ def broker(exchange: str) -> Iterator[AMQPBroker]:
     broker = AMQPBroker(AMQP_URL, exchange=exchange, publish_timeout=60)
     yield broker
     broker.close()
-
-
-def send(broker: AMQPBroker, topic: str) -> Event:
-    event = Event.create(topic)
-    broker.publish(event.topic, event.encode())
-    return event
 
 
 def metric(worker: Any, name: str) -> float:

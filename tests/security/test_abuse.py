@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 import signalbus
-from bridges.django_signals import set_broker
 from brokers.zeromq import ZeroMQBroker
 from signalbus.events import Event
 from signalbus.tokens import issue_token
@@ -24,16 +23,6 @@ from tests.project.shop.models import Order
 from ..helpers import HOST, SSEReader, raw_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def bus(shared_worker):
-    """Model saves and ``signalbus.publish`` go to the shared worker through 0MQ."""
-    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
-    previous = set_broker(broker)
-    yield shared_worker
-    set_broker(previous)
-    broker.close()
 
 
 @pytest.fixture

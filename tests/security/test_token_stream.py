@@ -12,11 +12,9 @@ import httpx
 import pytest
 from django.core import signing
 
-from brokers.zeromq import ZeroMQBroker
-from signalbus.events import Event
 from signalbus.tokens import SALT, issue_token
 
-from ..helpers import SSEReader, WorkerProcess, raw_request
+from ..helpers import SSEReader, events_url, raw_request, send
 
 
 class User:
@@ -25,30 +23,12 @@ class User:
 
 
 @pytest.fixture
-def publisher(shared_worker: WorkerProcess):
-    broker = ZeroMQBroker(shared_worker.broker_url, connect_timeout=5)
-    yield broker
-    broker.close()
-
-
-def send(broker: ZeroMQBroker, topic: str, data: object = None) -> Event:
-    event = Event.create(topic, data)
-    broker.publish(topic, event.encode())
-    return event
-
-
-def url(worker: WorkerProcess, *patterns: str, **params: str) -> str:
-    query = httpx.QueryParams([("topic", p) for p in patterns] + list(params.items()))
-    return f"{worker.url}/events?{query}"
-
-
-@pytest.fixture
 def token7() -> str:
     return issue_token(["user.7.#"], user=User(7), ttl=600)
 
 
 def test_token_reads_its_user_and_not_one_byte_of_another(shared_worker, publisher, token7):
-    with SSEReader(url(shared_worker, "user.7.#", token=token7)) as reader:
+    with SSEReader(events_url(shared_worker, "user.7.#", token=token7)) as reader:
         send(publisher, "user.8.inbox", {"secret": "EIGHT-SECRET"})
         send(publisher, "user.8.x.y", {"secret": "EIGHT-SECRET"})
         wanted = send(publisher, "user.7.inbox", {"hello": 7})
@@ -56,6 +36,7 @@ def test_token_reads_its_user_and_not_one_byte_of_another(shared_worker, publish
         reader.assert_quiet()
     # and on the wire: read the raw bytes while both users' events go out
     raw_target = f"/events?{httpx.QueryParams({'topic': 'user.7.inbox', 'token': token7})}"
+
     def publish_later() -> None:
         time.sleep(0.4)
         send(publisher, "user.8.inbox", {"secret": "EIGHT-SECRET"})
@@ -73,14 +54,14 @@ def test_token_reads_its_user_and_not_one_byte_of_another(shared_worker, publish
 
 @pytest.mark.parametrize("pattern", ["user.#", "#", "user.*.inbox", "user.70.#", "user.8.inbox"])
 def test_pattern_beyond_the_token_gets_403(shared_worker, token7, pattern):
-    response = httpx.get(url(shared_worker, "user.7.inbox", pattern, token=token7))
+    response = httpx.get(events_url(shared_worker, "user.7.inbox", pattern, token=token7))
     assert response.status_code == 403
     assert pattern in response.json()["error"]
     assert token7 not in response.text
 
 
 def test_public_patterns_are_allowed_alongside_a_token(shared_worker, token7):
-    with SSEReader(url(shared_worker, "user.7.inbox", "shop.#", token=token7)):
+    with SSEReader(events_url(shared_worker, "user.7.inbox", "shop.#", token=token7)):
         pass
 
 
@@ -101,14 +82,16 @@ def _bad_tokens() -> dict[str, str]:
 def test_bad_token_gets_401_without_echoing_it(shared_worker, kind, via):
     token = _bad_tokens()[kind]
     if via == "query":
-        response = httpx.get(url(shared_worker, "user.7.inbox", token=token))
+        response = httpx.get(events_url(shared_worker, "user.7.inbox", token=token))
     elif via == "bearer":
         response = httpx.get(
-            url(shared_worker, "user.7.inbox"), headers={"Authorization": f"Bearer {token}".strip()}
+            events_url(shared_worker, "user.7.inbox"),
+            headers={"Authorization": f"Bearer {token}".strip()},
         )
     else:
         response = httpx.get(
-            url(shared_worker, "user.7.inbox"), headers={"Cookie": f"signalbus_token={token}"}
+            events_url(shared_worker, "user.7.inbox"),
+            headers={"Cookie": f"signalbus_token={token}"},
         )
     assert response.status_code == 401
     message = response.json()["error"]
@@ -118,7 +101,7 @@ def test_bad_token_gets_401_without_echoing_it(shared_worker, kind, via):
 
 
 def test_bad_token_with_public_pattern_still_gets_401(shared_worker):
-    response = httpx.get(url(shared_worker, "shop.#", token="garbage"))
+    response = httpx.get(events_url(shared_worker, "shop.#", token="garbage"))
     assert response.status_code == 401
 
 
@@ -132,7 +115,7 @@ def test_token_via_query_bearer_and_cookie(shared_worker, publisher, token7, via
         headers["Authorization"] = f"Bearer {token7}"
     else:
         headers["Cookie"] = f"signalbus_token={token7}"
-    with SSEReader(url(shared_worker, "user.7.#", **params), headers=headers) as reader:
+    with SSEReader(events_url(shared_worker, "user.7.#", **params), headers=headers) as reader:
         sent = send(publisher, "user.7.inbox", {"via": via})
         assert reader.get().id == sent.id
 
@@ -140,20 +123,20 @@ def test_token_via_query_bearer_and_cookie(shared_worker, publisher, token7, via
 def test_stream_ends_when_its_token_expires_and_the_reconnect_gets_401(shared_worker, publisher):
     token = issue_token(["user.7.#"], user=User(7), ttl=2)
     started = time.monotonic()
-    with SSEReader(url(shared_worker, "user.7.#", token=token)) as reader:
+    with SSEReader(events_url(shared_worker, "user.7.#", token=token)) as reader:
         sent = send(publisher, "user.7.inbox")
         assert reader.get().id == sent.id
         assert reader.ended.wait(5), "the stream outlived its token"
         elapsed = time.monotonic() - started
     assert 0.5 < elapsed < 3.5
-    response = httpx.get(url(shared_worker, "user.7.#", token=token))
+    response = httpx.get(events_url(shared_worker, "user.7.#", token=token))
     assert response.status_code == 401
     assert "expired" in response.json()["error"]
 
 
 def test_the_token_never_reaches_the_worker_log(shared_worker, token7):
-    httpx.get(url(shared_worker, "user.70.#", token=token7))
-    httpx.get(url(shared_worker, "user.7.#", token=token7 + "x"))
+    httpx.get(events_url(shared_worker, "user.70.#", token=token7))
+    httpx.get(events_url(shared_worker, "user.7.#", token=token7 + "x"))
     log = shared_worker.log()
     assert token7 not in log
     assert token7.rsplit(":", 1)[-1] not in log
