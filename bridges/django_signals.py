@@ -59,12 +59,7 @@ class _ProcessBroker:
     def get(self) -> Broker:
         with self._lock:
             if self._broker is None:
-                url = broker_url()
-                broker = open_broker(url)
-                timeout = get_settings().zmq_connect_timeout
-                if hasattr(broker, "connect_timeout"):
-                    broker.connect_timeout = timeout
-                self._broker = broker
+                self._broker = open_broker(broker_url())
             return self._broker
 
     def set(self, broker: Broker | None) -> Broker | None:

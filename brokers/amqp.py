@@ -57,10 +57,10 @@ from pika.adapters.utils.connection_workflow import (
     AMQPConnectorStackTimeout,
 )
 
-from signalbus.conf import Settings, get_settings, mask_url
+from signalbus.conf import configured_settings, mask_url
 from signalbus.errors import BrokerUnavailable, ConfigurationError, SignalbusError
 
-from .base import Broker, Capabilities
+from .base import Broker
 
 if TYPE_CHECKING:
     from .amqp_consumer import AMQPConsumer
@@ -107,15 +107,6 @@ def check_exchange(name: str) -> str:
             f"bad AMQP exchange name {name!r}: 1 to 255 of A-Z a-z 0-9 _ - . :, not amq.*"
         )
     return name
-
-
-def _project_settings() -> Settings | None:
-    """``SIGNALBUS`` when Django is configured; a plain script or a test needs none."""
-    try:
-        from django.conf import settings
-    except ImportError:  # pragma: no cover - Django is a dependency
-        return None
-    return get_settings() if settings.configured else None
 
 
 # -- errors: pika's exceptions mapped once, here ----------------------------------------------
@@ -272,7 +263,6 @@ class AMQPBroker(Broker):
     """One publishing connection per process, owned by an I/O thread; consumers for the worker."""
 
     scheme = "amqp"
-    capabilities = Capabilities(durable=True, acknowledged=True, cross_process=True)
 
     def __init__(
         self, url: str, *, exchange: str | None = None, publish_timeout: float | None = None
@@ -295,7 +285,7 @@ class AMQPBroker(Broker):
         """The exchange's name, resolved at first use (never at import)."""
         if self._exchange_option is not None:
             return self._exchange_option
-        configured = _project_settings()
+        configured = configured_settings()
         return check_exchange(configured.exchange) if configured is not None else DEFAULT_EXCHANGE
 
     @cached_property
@@ -303,7 +293,7 @@ class AMQPBroker(Broker):
         """How long `publish` retries through an outage before `PublishError`."""
         if self._timeout_option is not None:
             return self._timeout_option
-        configured = _project_settings()
+        configured = configured_settings()
         return configured.publish_timeout if configured is not None else DEFAULT_PUBLISH_TIMEOUT
 
     @property

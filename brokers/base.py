@@ -20,7 +20,6 @@ from signalbus.errors import InvalidEvent
 
 __all__ = [
     "Broker",
-    "Capabilities",
     "Consumer",
     "Deliver",
     "Delivery",
@@ -46,15 +45,6 @@ def deliver_or_log(deliver: Deliver, topic: str, body: bytes) -> bool:
         logger.exception("delivering a message on %s failed; the worker goes on", topic)
         return False
     return True
-
-
-class Capabilities:
-    """What a transport promises, as data the docs and the worker can read."""
-
-    def __init__(self, *, durable: bool, acknowledged: bool, cross_process: bool) -> None:
-        self.durable = durable
-        self.acknowledged = acknowledged
-        self.cross_process = cross_process
 
 
 class Consumer(abc.ABC):
@@ -142,7 +132,6 @@ class Broker(abc.ABC):
     """One process's handle on a transport, chosen by URL scheme (see `brokers.registry`)."""
 
     scheme: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from signalbus.topics import compile_pattern, validate_pattern
 
-from .base import Broker, Capabilities, Consumer, Deliver, deliver_or_log
+from .base import Broker, Consumer, Deliver, deliver_or_log
 
 __all__ = ["MemoryBroker"]
 
@@ -30,7 +30,6 @@ class MemoryBroker(Broker):
     """All `MemoryBroker` objects with the same URL share one bus."""
 
     scheme = "memory"
-    capabilities = Capabilities(durable=False, acknowledged=False, cross_process=False)
     _buses: ClassVar[dict[str, _Bus]] = {}
     _buses_lock: ClassVar[threading.Lock] = threading.Lock()
 

@@ -33,11 +33,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
-from signalbus.conf import mask_url
+from signalbus.conf import configured_settings, mask_url
 from signalbus.errors import BrokerUnavailable, ConfigurationError, PublishError
 from signalbus.topics import compile_pattern, validate_pattern
 
-from .base import Broker, Capabilities, Consumer, Deliver, deliver_or_log
+from .base import Broker, Consumer, Deliver, deliver_or_log
 
 if TYPE_CHECKING:
     import zmq
@@ -70,11 +70,13 @@ class ZeroMQBroker(Broker):
     """One XPUB socket per process, connected to the worker's SUB endpoint."""
 
     scheme = "zmq"
-    capabilities = Capabilities(durable=False, acknowledged=False, cross_process=True)
 
-    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float | None = None) -> None:
         super().__init__(url)
         self.endpoint = parse_zmq_url(url)
+        if connect_timeout is None:
+            configured = configured_settings()
+            connect_timeout = configured.zmq_connect_timeout if configured else 1.0
         self.connect_timeout = connect_timeout
         self.sent = 0
         self._lock = threading.Lock()

@@ -15,7 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import ConfigurationError
 from .topics import validate_pattern
 
-__all__ = ["DEFAULT_BROKER_URL", "Settings", "broker_url", "get_settings", "mask_url"]
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "Settings",
+    "broker_url",
+    "configured_settings",
+    "get_settings",
+    "mask_url",
+]
 
 DEFAULT_BROKER_URL = "zmq://127.0.0.1:5560"
 DEFAULT_EVENTS_URL = "http://127.0.0.1:8001/events"
@@ -179,6 +186,14 @@ def get_settings() -> Settings:
     if last is None or last[0] is not raw:
         last = _Checked.last = (raw, parse_settings(raw))
     return last[1]
+
+
+def configured_settings() -> Settings | None:
+    """``SIGNALBUS`` when Django is configured, else None: a plain script or a test of an
+    adapter needs no Django project, and then the adapters' own defaults apply."""
+    from django.conf import settings
+
+    return get_settings() if settings.configured else None
 
 
 def broker_url(cli: str | None = None, configured: Settings | None = None) -> str:

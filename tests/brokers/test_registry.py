@@ -99,3 +99,11 @@ def test_broker_repr_masks_the_password() -> None:
     broker = open_broker("memory://user:secret@bus")
     assert "secret" not in repr(broker)
     assert repr(broker) == "<MemoryBroker memory://user:**@bus>"
+
+
+def test_zmq_connect_timeout_comes_from_the_settings(settings) -> None:
+    from brokers.zeromq import ZeroMQBroker
+
+    settings.SIGNALBUS = {"ZMQ_CONNECT_TIMEOUT": 0.3}
+    assert open_broker("zmq://127.0.0.1:1").connect_timeout == 0.3  # type: ignore[attr-defined]
+    assert ZeroMQBroker("zmq://127.0.0.1:1", connect_timeout=2).connect_timeout == 2
