@@ -39,7 +39,10 @@ STOP_TIMEOUT = 2.0  # seconds for the broker to answer our Connection.Close
 class Outgoing:
     """One event on its way; its caller waits on ``done`` until the I/O thread settles it."""
 
-    __slots__ = ("awaited", "body", "deadline", "done", "error", "properties", "topic")
+    __slots__ = (
+        *("awaited", "body", "deadline", "done", "error"),
+        *("properties", "topic", "withdrawn", "written"),
+    )
     unreported_failures: ClassVar[int] = 0  # failures nobody waited for: logged and counted
 
     def __init__(self, topic: str, body: bytes, properties: Any, deadline: float) -> None:
@@ -49,6 +52,9 @@ class Outgoing:
         self.deadline = deadline
         self.error: SignalbusError | None = None
         self.awaited = False  # a caller waits for it, and so reports its failure
+        # Written to a connection at least once: from then on it may reach the broker.
+        self.written = False
+        self.withdrawn = False  # its caller gave up before it was written: never send it
         # A bare lock, held until settled: the cheapest thing a thread can wait on.
         self.done = threading.Lock()
         self.done.acquire()
@@ -79,6 +85,9 @@ class PublisherIO:
         self._outbox: deque[Outgoing] = deque()
         self._unconfirmed: OrderedDict[int, Outgoing] = OrderedDict()
         self._wake_pending = False
+        # Guards `Outgoing.written` against `withdrawn`: a caller that gives up either
+        # withdraws its event for good or learns that it was already on its way.
+        self._claim = threading.Lock()
         self._ioloop = IOLoop()
         self._connection: Any = None
         self._channel: Any = None  # set once confirms are on and the exchange declared
@@ -121,7 +130,10 @@ class PublisherIO:
         """Wait until ``item`` is confirmed, or raise why not."""
         item.awaited = True
         if not item.done.acquire(timeout=max(0.0, item.deadline - time.monotonic())):
-            raise self._expired(item, timeout)
+            with self._claim:
+                item.withdrawn = not item.written
+            if not item.done.acquire(blocking=False):  # not settled in the meantime
+                raise self._expired(item, timeout)
         if item.error is not None:
             raise item.error
 
@@ -132,8 +144,14 @@ class PublisherIO:
                 f"cannot reach broker {shown} (timed out); is RabbitMQ running?"
             )
         reason = self.reason or "no confirm from the broker"
+        if item.withdrawn:
+            return PublishError(
+                f"event on {item.topic} not published to {shown} within {timeout:g} s: {reason}"
+            )
+        # Written but unconfirmed: no client can know whether the broker has it.
         return PublishError(
-            f"event on {item.topic} not published to {shown} within {timeout:g} s: {reason}"
+            f"event on {item.topic} not confirmed by {shown} within {timeout:g} s: {reason}; "
+            "it may still be delivered"
         )
 
     def stop(self, flush_timeout: float) -> None:
@@ -223,7 +241,11 @@ class PublisherIO:
         count = 0
         while self._outbox:
             item = self._outbox.popleft()
-            if item.deadline <= now:  # its caller has raised already: sending it now is a surprise
+            with self._claim:
+                # Past its deadline its caller has raised already: sending it is a surprise.
+                gone = item.withdrawn or item.deadline <= now
+                item.written = item.written or not gone
+            if gone:
                 item.settle(PublishError(f"event on {item.topic} expired before it was sent"))
                 continue
             try:

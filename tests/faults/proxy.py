@@ -28,6 +28,8 @@ class TCPProxy:
         self._pairs: set[Pair] = set()
         self._refusing = False
         self._closed = False
+        self._replies = threading.Event()  # cleared: what the server says is held back
+        self._replies.set()
         self._thread = threading.Thread(target=self._accept_loop, daemon=True)
         self._thread.start()
 
@@ -39,8 +41,14 @@ class TCPProxy:
         for pair in pairs:
             self._drop(pair)
 
+    def hold_replies(self) -> None:
+        """Relay what clients send but hold what the server answers, until `restore`: the
+        broker gets a message and the client never hears that it did."""
+        self._replies.clear()
+
     def restore(self) -> None:
         self._refusing = False
+        self._replies.set()
 
     def close(self) -> None:
         self._closed = True
@@ -83,12 +91,18 @@ class TCPProxy:
         with self._lock:
             self._pairs.add(pair)
             self.accepted += 1
-        for source, target in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(source, target, pair), daemon=True).start()
+        for source, target, replies in ((client, upstream, False), (upstream, client, True)):
+            threading.Thread(
+                target=self._pump, args=(source, target, pair, replies), daemon=True
+            ).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, pair: Pair) -> None:
+    def _pump(
+        self, source: socket.socket, target: socket.socket, pair: Pair, replies: bool
+    ) -> None:
         try:
             while chunk := source.recv(65536):
+                if replies:
+                    self._replies.wait()
                 target.sendall(chunk)
         except OSError:
             pass
