@@ -5,6 +5,11 @@ when the surrounding transaction commits (``transaction.on_commit``), so a
 rolled-back save publishes nothing, and nested atomic blocks behave exactly
 as Django's own ``on_commit`` does. Only the fields bound for a model go out:
 nothing is published unless the project said so.
+
+Size: an event is at most ``MAX_MESSAGE_BYTES`` encoded, the size a worker takes.
+A custom event over it is the caller's error, raised by `publish`; a model event
+over it (a large text field) still goes out, without ``data`` and with the
+extension ``dataomitted: true``, so its subscribers know to refetch the subject.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -26,7 +31,7 @@ from django.dispatch import Signal
 from brokers.base import Broker
 from brokers.registry import open_broker
 from signalbus.conf import broker_url, get_settings
-from signalbus.errors import ConfigurationError, SignalbusError
+from signalbus.errors import ConfigurationError, InvalidEvent, SignalbusError
 from signalbus.events import Event
 from signalbus.topics import pk_word, validate_topic
 
@@ -92,8 +97,23 @@ def _send(topic: str, event_id: str, body: bytes) -> None:
         logger.error("event %s on %s not published: %s", event_id, topic, exc)
 
 
-def _enqueue(event: Event, using: str | None) -> None:
+def _enqueue(event: Event, using: str | None, *, model: bool = False) -> None:
     body = event.encode()
+    limit = get_settings().max_message_bytes
+    if len(body) > limit:
+        if not model:
+            raise InvalidEvent(
+                f"event on {event.topic} is {len(body)} bytes encoded, over MAX_MESSAGE_BYTES"
+                f" ({limit}); publish a reference to the data (an id, a URL) instead"
+            )
+        logger.warning(
+            "event %s on %s is %d bytes, over MAX_MESSAGE_BYTES (%d): sent without its data",
+            event.id,
+            event.topic,
+            len(body),
+            limit,
+        )
+        body = replace(event, data=None, extensions={"dataomitted": True}).encode()
     transaction.on_commit(partial(_send, event.topic, event.id, body), using=using)
 
 
@@ -204,12 +224,12 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
     ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
-        _enqueue(binding.event(instance, "created" if created else "updated"), using)
+        _enqueue(binding.event(instance, "created" if created else "updated"), using, model=True)
 
     def on_delete(
         sender: Any, instance: models.Model, using: str | None = None, **kwargs: Any
     ) -> None:
-        _enqueue(binding.event(instance, "deleted"), using)
+        _enqueue(binding.event(instance, "deleted"), using, model=True)
 
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=uid)
     post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=uid)

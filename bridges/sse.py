@@ -14,6 +14,8 @@ Deliberate choices:
   cookie) is checked before the session; a stream it opened is closed when it
   expires (one timer per stream, no per-event cost), so the reconnect gets 401.
   The token is never logged.
+- Limits per worker, per user and per client address are `bridges.admission`'s;
+  limits on the request head are `bridges.http_limits`'.
 """
 
 from __future__ import annotations
@@ -37,17 +39,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from bridges.admission import Admission, Refusal, Ticket
 from signalbus.access import Decision, decide, is_public, session_user
 from signalbus.conf import Settings
 from signalbus.errors import InvalidTopic
 from signalbus.hub import Hub, Subscription
 from signalbus.topics import validate_pattern
 
-__all__ = ["MAX_TOPICS", "StreamStats", "create_app"]
+__all__ = ["StreamStats", "create_app"]
 
 logger = logging.getLogger("signalbus.sse")
 
-MAX_TOPICS = 32
 TOKEN_COOKIE = "signalbus_token"  # noqa: S105 (a cookie name, not a secret)
 _EVENT_ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
 _REPLAY_CHUNK = 512
@@ -104,6 +106,7 @@ async def _frames(
     retry_ms: int,
     hub: Hub,
     stats: StreamStats,
+    release: Callable[[], None],
     expires: float | None = None,
 ) -> AsyncIterator[bytes]:
     stats.open += 1
@@ -126,6 +129,7 @@ async def _frames(
         if timer is not None:
             timer.cancel()
         stats.open -= 1
+        release()
         hub.unsubscribe(sub)
 
 
@@ -152,25 +156,41 @@ def create_app(
     counters: Mapping[str, Callable[[], float]] | None = None,
     gauges: Mapping[str, Callable[[], float]] | None = None,
     send_timeout: float = 30.0,
+    stats: StreamStats | None = None,
 ) -> Starlette:
     """The worker's web app: ``/events``, ``/healthz``, ``/readyz``, ``/metrics``.
 
-    ``counters`` and ``gauges`` add the worker's own figures (name -> read function)."""
-    stats = StreamStats()
+    ``counters`` and ``gauges`` add the worker's own figures (name -> read function);
+    ``stats`` is shared with what refuses requests below the app (`bridges.http_limits`)."""
+    stats = stats or StreamStats()
+    admission = Admission(settings)
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_HubCollector(hub, stats, ready, dict(counters or {}), dict(gauges or {})))
+    registry.register(
+        _HubCollector(hub, stats, admission, ready, dict(counters or {}), dict(gauges or {}))
+    )
 
     def reject(status: int, message: str, cors: dict[str, str]) -> JSONResponse:
         stats.rejected[status] = stats.rejected.get(status, 0) + 1
         return _error(status, message, cors)
+
+    def refuse(refusal: Refusal, cors: dict[str, str]) -> Response:
+        if refusal.busy:
+            return _busy(refusal, cors)
+        retry_after = {"Retry-After": str(max(1, settings.retry_ms // 1000))}
+        return reject(refusal.status, refusal.message, {**cors, **retry_after})
 
     async def events(request: Request) -> Response:
         cors = _cors_headers(request, settings.allowed_origins)
         patterns = request.query_params.getlist("topic")
         if not patterns:
             return reject(400, "missing topic: ask for /events?topic=PATTERN", cors)
-        if len(patterns) > MAX_TOPICS:
-            return reject(400, f"{len(patterns)} topics asked; the limit is {MAX_TOPICS}", cors)
+        limit = settings.max_topics
+        if len(patterns) > limit:
+            return reject(400, f"{len(patterns)} topics asked; the limit is {limit}", cors)
+        address = request.client.host if request.client else None
+        refusal = admission.check_address(address)
+        if refusal is not None:
+            return refuse(refusal, cors)
         try:
             patterns = list(dict.fromkeys(validate_pattern(p) for p in patterns))
         except InvalidTopic as exc:
@@ -180,6 +200,9 @@ def create_app(
             return reject(decision.status, decision.reason, cors)
         if request.method == "HEAD":
             return Response(media_type="text/event-stream", headers=cors)
+        ticket = admission.admit(decision.user, address)
+        if isinstance(ticket, Refusal):
+            return refuse(ticket, cors)
         sub, first = hub.subscribe(tuple(patterns), _last_event_id(request))
         response = EventSourceResponse(
             _frames(
@@ -188,6 +211,7 @@ def create_app(
                 settings.retry_ms,
                 hub,
                 stats,
+                _releaser(admission, ticket),
                 expires=None if decision.grant is None else decision.grant.expires,
             ),
             headers={"Cache-Control": "no-store", **cors},
@@ -228,6 +252,17 @@ def create_app(
     )
 
 
+def _releaser(admission: Admission, ticket: Ticket) -> Callable[[], None]:
+    return lambda: admission.release(ticket)
+
+
+def _busy(refusal: Refusal, cors: dict[str, str]) -> Response:
+    """A full worker's answer: a stream that only asks the browser to come back later."""
+    body = b"retry: %d\n: %s\n\n" % (refusal.retry_ms, refusal.message.encode())
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no", **cors}
+    return Response(body, media_type="text/event-stream", headers=headers)
+
+
 async def _decide(request: Request, patterns: list[str], settings: Settings) -> Decision:
     """A token or public patterns need no database; anything else looks up the session
     user in a thread."""
@@ -249,12 +284,14 @@ class _HubCollector(Collector):
         self,
         hub: Hub,
         stats: StreamStats,
+        admission: Admission,
         ready: Callable[[], bool],
         counters: dict[str, Callable[[], float]],
         gauges: dict[str, Callable[[], float]],
     ) -> None:
         self.hub = hub
         self.stats = stats
+        self.admission = admission
         self.ready = ready
         self.counters = counters
         self.gauges = gauges
@@ -271,6 +308,11 @@ class _HubCollector(Collector):
         yield GaugeMetricFamily("signalbus_sse_streams", "Open SSE streams", value=stats.open)
         yield CounterMetricFamily(
             "signalbus_sse_streams_opened", "SSE streams opened", value=stats.opened
+        )
+        yield CounterMetricFamily(
+            "signalbus_sse_busy",
+            "SSE streams turned away (retry later) because the worker was full",
+            value=self.admission.busy,
         )
         rejected = CounterMetricFamily(
             "signalbus_sse_rejected", "SSE requests refused, by status", labels=["status"]

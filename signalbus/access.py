@@ -28,12 +28,14 @@ __all__ = ["Decision", "decide", "is_public", "session_user"]
 
 @dataclass(frozen=True)
 class Decision:
-    """The outcome for one request: HTTP status (200, 401 or 403), the reason, and the
-    grant of the token it was allowed by (its expiry ends the stream)."""
+    """The outcome for one request: HTTP status (200, 401 or 403), the reason, the
+    grant of the token it was allowed by (its expiry ends the stream), and the user
+    it was allowed for (the key of the per-user stream limit)."""
 
     status: int
     reason: str = ""
     grant: Grant | None = None
+    user: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -84,7 +86,7 @@ def decide(
         for pattern in private:
             if not any(pattern_within(pattern, granted) for granted in grant.patterns):
                 return Decision(403, f"pattern {pattern!r} is not allowed by this token")
-        return Decision(200, grant=grant)
+        return Decision(200, grant=grant, user=grant.user_id)
     if not private:
         return Decision(200)
     if user is None:
@@ -95,4 +97,4 @@ def decide(
     for pattern in private:
         if authorize is None or not authorize(user, pattern):
             return Decision(403, f"pattern {pattern!r} is not allowed for this user")
-    return Decision(200)
+    return Decision(200, user=str(user.pk))

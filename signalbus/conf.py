@@ -46,6 +46,12 @@ _KNOWN = {
     "SUBSCRIBERS",
     "SUBSCRIBER_THREADS",
     "EVENTS_URL",
+    "MAX_TOPICS",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_USER",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "MAX_HEADER_BYTES",
+    "HEADER_TIMEOUT",
 }
 
 
@@ -70,6 +76,13 @@ class Settings:
     subscribers: tuple[str, ...] = ()
     subscriber_threads: int = 4
     events_url: str = DEFAULT_EVENTS_URL
+    # Limits of one worker process (README, "Limits").
+    max_topics: int = 32
+    max_connections: int = 10_000
+    max_connections_per_user: int = 32
+    max_connections_per_address: int = 1_000
+    max_header_bytes: int = 32_768
+    header_timeout: float = 10.0
 
 
 def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
@@ -166,6 +179,12 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         subscribers=_modules(raw, "SUBSCRIBERS"),
         subscriber_threads=_positive(raw, "SUBSCRIBER_THREADS", 4),
         events_url=_events_url(raw),
+        max_topics=_positive(raw, "MAX_TOPICS", 32),
+        max_connections=_positive(raw, "MAX_CONNECTIONS", 10_000),
+        max_connections_per_user=_positive(raw, "MAX_CONNECTIONS_PER_USER", 32),
+        max_connections_per_address=_positive(raw, "MAX_CONNECTIONS_PER_ADDRESS", 1_000),
+        max_header_bytes=_positive(raw, "MAX_HEADER_BYTES", 32_768),
+        header_timeout=_positive(raw, "HEADER_TIMEOUT", 10.0, float),
     )
 
 

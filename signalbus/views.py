@@ -20,9 +20,7 @@ from .errors import InvalidTopic
 from .tokens import issue_token, verify_token
 from .topics import validate_pattern
 
-__all__ = ["MAX_PATTERNS", "stream_url", "token_view"]
-
-MAX_PATTERNS = 32  # as many as the worker accepts on one stream
+__all__ = ["stream_url", "token_view"]
 
 
 def stream_url(patterns: Sequence[str], token: str, base: str | None = None) -> str:
@@ -48,14 +46,14 @@ def token_view(request: HttpRequest) -> HttpResponse:
     patterns = request.GET.getlist("topic")
     if not patterns:
         return _answer({"error": "give at least one ?topic=PATTERN"}, 400)
-    if len(patterns) > MAX_PATTERNS:
-        return _answer({"error": f"at most {MAX_PATTERNS} patterns per token"}, 400)
+    settings = get_settings()
+    if len(patterns) > settings.max_topics:  # as many as the worker accepts on one stream
+        return _answer({"error": f"at most {settings.max_topics} patterns per token"}, 400)
     try:
         for pattern in patterns:
             validate_pattern(pattern)
     except InvalidTopic as exc:
         return _answer({"error": str(exc)}, 400)
-    settings = get_settings()
     decision = decide(patterns, settings, user)
     if not decision.allowed:
         return _answer({"error": decision.reason}, 403)

@@ -154,10 +154,13 @@ class Worker:
     async def _serve(self, consumer: Any, sock: socket.socket) -> int:
         import uvicorn
 
-        from bridges.sse import create_app
+        from bridges.access_log import TokenMask
+        from bridges.http_limits import head_limited_protocol
+        from bridges.sse import StreamStats, create_app
 
         consumer.on_gap = self.hub.reset_all
         await consumer.start()
+        stats = StreamStats()
         app = create_app(
             self.hub,
             self.settings,
@@ -166,10 +169,20 @@ class Worker:
             # A worker that falls behind shows it here before its clients do (DESIGN.md,
             # "Pitfalls": a backlog in the broker grows silently otherwise).
             gauges={"signalbus_delivery_lag_seconds": lambda: self.lag},
+            stats=stats,
         )
+        settings = self.settings
+        # Logging is the command line's: uvicorn adds no handlers, its access lines
+        # (INFO) go through TokenMask, and its start-up chatter stays below WARNING.
+        logging.getLogger("uvicorn.access").addFilter(TokenMask())
+        uvicorn_error = logging.getLogger("uvicorn.error")
+        uvicorn_error.setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
         config = uvicorn.Config(
             app,
-            log_level="warning",
+            http=head_limited_protocol(
+                settings.max_header_bytes, settings.header_timeout, stats.rejected
+            ),
+            log_config=None,
             lifespan="off",
             timeout_graceful_shutdown=SHUTDOWN_GRACE,
             server_header=False,

@@ -238,6 +238,71 @@ def raw_request(
         return data
 
 
+class RawStream:
+    """One GET on a raw socket from ``source`` (every 127.x.y.z address is this host);
+    ``data`` is every byte the worker wrote, framing included."""
+
+    def __init__(
+        self,
+        port: int,
+        target: str,
+        *,
+        source: str = HOST,
+        headers: str = "",
+        expect: int | None = 200,
+    ) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=5, source_address=(source, 0))
+        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode())
+        self.data = b""
+        self.read_until(b"\r\n\r\n")
+        self.status = status_of(self.data) if self.data else None
+        if expect is not None:
+            assert self.status == expect, self.data
+        if self.status == 200:
+            assert self.read_until(b"retry:"), self.data
+        elif self.status is not None:  # an error: read its whole body
+            head = self.data.partition(b"\r\n\r\n")[0].lower()
+            length = int(head.partition(b"content-length: ")[2].split(b"\r")[0] or 0)
+            deadline = time.monotonic() + 5
+            while len(self.body()) < length and self._receive(deadline):
+                pass
+
+    def read_until(self, marker: bytes, timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while marker not in self.data and self._receive(deadline):
+            pass
+        return marker in self.data
+
+    def _receive(self, deadline: float) -> bool:
+        """Add what arrives before ``deadline``; False at the deadline or the end."""
+        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        self.data += chunk
+        return bool(chunk) and time.monotonic() < deadline
+
+    def body(self) -> bytes:
+        return self.data.partition(b"\r\n\r\n")[2]
+
+    def lines(self) -> list[bytes]:
+        return [line.rstrip(b"\r") for line in self.body().split(b"\n")]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1])
+
+
 class Received:
     """What a consumer delivered, in order, as (topic, event); lives on the loop."""
 

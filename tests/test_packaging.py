@@ -254,3 +254,20 @@ def test_packages_are_listed_explicitly_in_pyproject() -> None:
     assert config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == list(PACKAGES)
     test_extra = config["project"]["optional-dependencies"]["test"]
     assert any(req.startswith("hatchling") for req in test_extra)
+
+
+def test_every_setting_has_its_row_in_the_readme_with_its_default() -> None:
+    from signalbus.conf import _KNOWN, Settings
+
+    readme = (ROOT / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `\"")
+        for line in readme.splitlines()
+        if line.startswith("| `") and line.count("|") >= 4
+    }
+    assert rows.keys() >= _KNOWN, sorted(_KNOWN - rows.keys())
+    defaults = Settings()
+    for key in ("REPLAY_BUFFER", "CLIENT_QUEUE", "MAX_TOPICS", "MAX_CONNECTIONS",
+                "MAX_CONNECTIONS_PER_USER", "MAX_CONNECTIONS_PER_ADDRESS", "MAX_HEADER_BYTES",
+                "MAX_MESSAGE_BYTES", "RETRY_MS"):
+        assert int(rows[key]) == getattr(defaults, key.lower()), key

@@ -26,15 +26,6 @@ JS = ROOT / "signalbus" / "static" / "signalbus" / "signalbus.js"
 TOKEN_URL = "/signalbus/token/"
 
 
-@pytest.fixture(autouse=True)
-def _sessions(settings: Any) -> None:
-    # The test project has no middleware; a site using the token view has these.
-    settings.MIDDLEWARE = [
-        "django.contrib.sessions.middleware.SessionMiddleware",
-        "django.contrib.auth.middleware.AuthenticationMiddleware",
-    ]
-
-
 @pytest.fixture
 def user() -> Any:
     return get_user_model().objects.create_user("ada", password="pw-ada")

@@ -18,7 +18,7 @@ from django.dispatch import Signal
 import signalbus
 from bridges.django_signals import bind_model, bind_signal, set_broker, unbind_model
 from brokers.base import Broker, Consumer
-from signalbus.errors import ConfigurationError, InvalidTopic, PublishError
+from signalbus.errors import ConfigurationError, InvalidEvent, InvalidTopic, PublishError
 from tests.project.shop.models import Note, Order, Tenant
 
 from ..helpers import ROOT, SSEReader, child_env
@@ -282,3 +282,41 @@ async def test_apublish_from_async_code_publishes_off_the_event_loop(bus):
     assert got.id == event.id
     assert recording.threads
     assert threading.get_ident() not in recording.threads
+
+
+# -- event size ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_messages(settings):
+    settings.SIGNALBUS = {**settings.SIGNALBUS, "MAX_MESSAGE_BYTES": 1000}
+
+
+def test_an_oversized_model_event_goes_out_without_data_and_says_so(bus, small_messages, caplog):
+    with stream(bus, "shop.order.#") as reader:
+        big = Order.objects.create(status="x" * 2000)
+        Order.objects.create(status="paid")
+        first, second = reader.data(2)
+    assert first["topic"] == f"shop.order.{big.pk}.created"
+    assert first["subject"] == f"/orders/{big.pk}/"
+    assert first["dataomitted"] is True
+    assert "data" not in first
+    assert second["data"]["status"] == "paid"
+    assert "dataomitted" not in second
+    assert "over MAX_MESSAGE_BYTES (1000): sent without its data" in caplog.text
+
+
+def test_an_oversized_custom_event_is_an_error_at_publish_and_nothing_goes_out(
+    bus, small_messages
+):
+    with stream(bus, "public.#") as reader:
+        with pytest.raises(InvalidEvent) as info:
+            signalbus.publish("public.big", "x" * 2000)
+        signalbus.publish("public.small", "ok")
+        (event,) = reader.data(1)
+    assert event["topic"] == "public.small"
+    assert str(info.value).startswith("event on public.big is ")
+    assert str(info.value).endswith(
+        "bytes encoded, over MAX_MESSAGE_BYTES (1000); publish a reference to the data"
+        " (an id, a URL) instead"
+    )

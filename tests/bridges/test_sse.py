@@ -234,9 +234,15 @@ from django.core.management import call_command
 call_command("migrate", verbosity=0)
 from django.contrib.auth import get_user_model, SESSION_KEY, BACKEND_SESSION_KEY, HASH_SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.auth.models import Permission
 out = {}
-for name in ("alice", "bob"):
+for name in ("alice", "bob", "carol", "dave"):
     user = get_user_model().objects.create_user(name, password="pw-" + name)
+    if name == "carol":
+        user.is_staff = True
+        user.save()
+    if name == "dave":
+        user.user_permissions.add(Permission.objects.get(codename="view_user"))
     s = SessionStore()
     s[SESSION_KEY] = str(user.pk)
     s[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
@@ -287,6 +293,25 @@ def test_session_user_asking_beyond_the_grant_gets_403(session_worker):
         response = httpx.get(events_url(worker, pattern), headers=cookie)
         assert response.status_code == 403, pattern
         assert pattern in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "allowed"),
+    [("staff.#", {"carol"}), ("staff.alerts.*", {"carol"}), ("auth.user.#", {"dave"})],
+)
+def test_ready_rules_grant_staff_and_model_permission_through_the_session(
+    session_worker, pattern, allowed
+):
+    worker, users = session_worker
+    for name, user in users.items():
+        cookie = {"Cookie": f"sessionid={user['session']}"}
+        response = httpx.head(events_url(worker, pattern), headers=cookie)
+        assert response.status_code == (200 if name in allowed else 403), (name, pattern)
+    for wider in ("#", "*.alerts", "auth.#", "*.user.#"):
+        carol, dave = users["carol"], users["dave"]
+        for user in (carol, dave):
+            cookie = {"Cookie": f"sessionid={user['session']}"}
+            assert httpx.head(events_url(worker, wider), headers=cookie).status_code == 403
 
 
 def test_unknown_session_cookie_counts_as_no_credentials(session_worker):

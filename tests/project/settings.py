@@ -1,5 +1,6 @@
 """The Django project the test suite runs against (and its worker subprocesses)."""
 
+import json
 import os
 
 SECRET_KEY = "tests-not-secret-tests-not-secret-0123456789abcdef"
@@ -21,6 +22,11 @@ DATABASES = {
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+MIDDLEWARE = [  # what a site serving the token view has
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+STATIC_URL = "/static/"  # the live server of the browser tests serves it
 
 SIGNALBUS = {
     "BROKER_URL": "memory://tests",
@@ -34,4 +40,6 @@ SIGNALBUS = {
     "KEEPALIVE": float(os.environ.get("SIGNALBUS_TEST_KEEPALIVE", "15")),
     "CLIENT_QUEUE": int(os.environ.get("SIGNALBUS_TEST_CLIENT_QUEUE", "1000")),
     "REPLAY_BUFFER": int(os.environ.get("SIGNALBUS_TEST_REPLAY", "10000")),
+    # A worker subprocess's own settings, e.g. '{"MAX_CONNECTIONS": 3}'.
+    **json.loads(os.environ.get("SIGNALBUS_TEST_SETTINGS", "{}")),
 }

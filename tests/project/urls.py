@@ -1,3 +1,8 @@
 from django.urls import include, path
 
-urlpatterns = [path("signalbus/", include("signalbus.urls"))]
+from .views import bus_page
+
+urlpatterns = [
+    path("signalbus/", include("signalbus.urls")),
+    path("bus-page/", bus_page),
+]

@@ -5,9 +5,7 @@ requests, hostile Last-Event-IDs and 200 concurrent private streams."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import socket
 import time
 import uuid
 
@@ -20,7 +18,7 @@ from signalbus.events import Event
 from signalbus.tokens import issue_token
 from tests.project.shop.models import Order
 
-from ..helpers import HOST, SSEReader, raw_request
+from ..helpers import RawStream, SSEReader, raw_request, status_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,41 +26,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def token7() -> str:
     return issue_token(["user.7.#"], ttl=600)
-
-
-class RawStream:
-    """One GET on a raw socket; ``data`` is every byte the worker wrote, framing included."""
-
-    def __init__(self, port: int, target: str) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=5)
-        self.sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
-        self.data = b""
-        assert self.read_until(b"retry:"), self.data
-        assert self.data.startswith(b"HTTP/1.1 200 "), self.data
-
-    def read_until(self, marker: bytes, timeout: float = 10) -> bool:
-        deadline = time.monotonic() + timeout
-        while marker not in self.data and time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            self.data += chunk
-        return marker in self.data
-
-    def lines(self) -> list[bytes]:
-        body = self.data.partition(b"\r\n\r\n")[2]
-        return [line.rstrip(b"\r") for line in body.split(b"\n")]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def status_of(raw: bytes) -> int:
-    return int(raw.split(b" ", 2)[1])
 
 
 # -- 1. a field value that tries to forge SSE frames -----------------------------------------
@@ -211,24 +174,6 @@ def test_pattern_length_limit(shared_worker):
         response = httpx.get(f"{shared_worker.url}/events?topic={pattern}")
         assert response.status_code == 400
         assert "the limit is 255" in response.json()["error"]
-
-
-def test_100_kb_of_headers_never_get_a_5xx_nor_stop_the_worker(shared_worker):
-    head = f"GET /events?topic=shop.%23 HTTP/1.1\r\nHost: {HOST}\r\n".encode()
-    headers = b"".join(b"X-Pad-%d: %s\r\n" % (n, b"x" * 1000) for n in range(100))
-    answer = b""
-    with socket.create_connection((HOST, shared_worker.port), timeout=5) as sock:
-        with contextlib.suppress(OSError):  # the worker may hang up while we still send
-            sock.sendall(head + headers + b"\r\n")
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                answer += chunk
-                if b"\r\n\r\n" in answer:
-                    break
-    if answer:  # the worker may also hang up without a word
-        assert status_of(answer) < 500, answer[:200]
-    assert httpx.get(f"{shared_worker.url}/healthz").status_code == 200
-    assert httpx.get(f"{shared_worker.url}/readyz").status_code == 200
 
 
 # -- 5. hostile Last-Event-ID -----------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The test project's AUTHORIZE: each user may read ``user.<own id>.#`` and nothing else."""
+"""The test project's AUTHORIZE: each user reads ``user.<own id>.#``; users with
+``auth.view_user`` read ``auth.user.#``; active staff read ``staff.#``."""
 
-from typing import Any
+from signalbus import permissions
 
-from signalbus.topics import pattern_within
-
-
-def can_subscribe(user: Any, pattern: str) -> bool:
-    return pattern_within(pattern, f"user.{user.pk}.#")
+can_subscribe = permissions.any_of(
+    permissions.own_topics(),
+    permissions.has_model_perm("auth.User"),
+    permissions.is_staff("staff.#"),
+)
