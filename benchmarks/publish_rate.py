@@ -14,7 +14,11 @@ each repetition:
 - ``bare``: the floor of any publisher, sending the same bytes to the same worker:
   on 0MQ a bare pyzmq XPUB loop sending the two frames (topic, event JSON); on
   RabbitMQ ``benchmarks.amqp_publish.bare_pika`` (a ``BlockingConnection`` channel
-  with confirms, one ``basic_publish`` after the other, same properties).
+  with confirms, one ``basic_publish`` after the other, same properties);
+- ``save+zmq`` (0MQ only): the bare ORM save followed by the bare XPUB send of the same,
+  ready-made bytes: after each save in autocommit, all after the block in atomic, as
+  signalbus sends them. A send spaced by a save wakes libzmq's I/O thread each time
+  (tens of µs), which a back-to-back loop never pays: this is the like-for-like floor.
 
 ``save`` and ``signalbus`` run twice: in autocommit (each save its own commit)
 and with every save in one ``transaction.atomic()``. The table shows medians
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
 
 WARMUP = 200  # untimed saves or sends first: connection, subscription, caches
 MODES = ("autocommit", "atomic")
-KINDS = ("save", "signalbus", "bare")
+KINDS = ("save", "signalbus", "bare", "save+zmq")
 SNDHWM = 100_000  # as signalbus's own publisher: a 10,000-event burst never blocks
 
 
@@ -97,6 +101,48 @@ def time_saves(kind: str, mode: str, count: int, size: int) -> float:
         for tick in timed:
             tick.save()
     return time.perf_counter() - start
+
+
+def time_saves_then_sends(broker_url: str, mode: str, count: int, size: int) -> float:
+    """Seconds for ``count`` unbound ``Tick.save()`` calls each followed by a bare XPUB send
+    of its event's bytes (in atomic mode, the sends after the block)."""
+    import django
+    import zmq
+
+    django.setup()
+    from django.db import transaction
+
+    from benchmarks.benchproject.bench.models import Tick
+
+    ticks = [Tick(payload=_payload(i, size)) for i in range(WARMUP + count)]
+    events = [_event(i, size) for i in range(WARMUP + count)]
+    frames = [(event.topic.encode("ascii"), event.encode()) for event in events]
+    context = zmq.Context()
+    sock = context.socket(zmq.XPUB)
+    sock.setsockopt(zmq.SNDHWM, SNDHWM)
+    sock.connect(broker_url.replace("zmq://", "tcp://", 1))
+    try:
+        if not sock.poll(10_000) or sock.recv()[:1] != b"\x01":
+            raise RuntimeError(f"no worker subscribed at {broker_url} within 10 s")
+        for tick, pair in zip(ticks[:WARMUP], frames[:WARMUP], strict=True):
+            tick.save()
+            sock.send_multipart(pair)
+        timed = list(zip(ticks[WARMUP:], frames[WARMUP:], strict=True))
+        start = time.perf_counter()
+        if mode == "atomic":
+            with transaction.atomic():
+                for tick, _ in timed:
+                    tick.save()
+            for _, pair in timed:
+                sock.send_multipart(pair)
+        else:
+            for tick, pair in timed:
+                tick.save()
+                sock.send_multipart(pair)
+        return time.perf_counter() - start
+    finally:
+        sock.close(linger=5_000)
+        context.term()
 
 
 def _event(i: int, size: int) -> Event:
@@ -152,6 +198,8 @@ def run_child(args: argparse.Namespace) -> int:
     if args.child == "bare":
         timer = time_zmq_sends if url.startswith("zmq:") else time_pika_publishes
         seconds = timer(url, args.count, args.payload)
+    elif args.child == "save+zmq":
+        seconds = time_saves_then_sends(url, args.mode, args.count, args.payload)
     else:
         seconds = time_saves(args.child, args.mode, args.count, args.payload)
     print(json.dumps({"seconds": seconds}))
@@ -168,7 +216,7 @@ def measure(
     argv = [sys.executable, "-m", "benchmarks.publish_rate", "--child", kind, "--mode", mode]
     argv += ["--count", str(args.count), "--payload", str(args.payload)]
     child_env = {**env, "DJANGO_SETTINGS_MODULE": SETTINGS}
-    if kind == "save":
+    if kind in ("save", "save+zmq"):
         child_env["BENCH_UNBOUND"] = "1"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=child_env, cwd=ROOT)
     children.add(proc)
@@ -187,7 +235,8 @@ def measure_all(
     """Every variant ``--repeat`` times, interleaved: rates, and events the worker took in."""
     rates: dict[tuple[str, str], list[float]] = defaultdict(list)
     taken: dict[tuple[str, str], list[int]] = defaultdict(list)
-    plan = [(kind, mode) for mode in MODES for kind in KINDS if (kind, mode) != ("bare", "atomic")]
+    kinds = KINDS if args.broker == "zmq" else KINDS[:3]
+    plan = [(kind, mode) for mode in MODES for kind in kinds if (kind, mode) != ("bare", "atomic")]
     for rep in range(1, args.repeat + 1):
         for kind, mode in plan:
             before = events_received(worker)
@@ -216,6 +265,9 @@ def print_results(
     bare = "zmq send" if args.broker == "zmq" else "pika publish"
     headers = ["mode", "saves", "bare save/s", "save+signalbus/s", f"bare {bare}/s"]
     headers += ["signalbus÷save", f"signalbus÷{bare.split()[0]}", "signalbus µs/save"]
+    floor = args.broker == "zmq"
+    if floor:
+        headers += ["save+zmq/s", "signalbus µs ÷ save+zmq µs"]
     headers += ["worker got (min)"]
     rows = []
     for mode in MODES:
@@ -225,7 +277,11 @@ def print_results(
         rows.append(
             [mode, fmt(args.count), fmt(save), fmt(bus), fmt(bare_rate), f"{bus / save:.2f}"]
         )
-        rows[-1] += [f"{bus / bare_rate:.3f}", fmt(added, 1), got]
+        rows[-1] += [f"{bus / bare_rate:.3f}", fmt(added, 1)]
+        if floor:
+            both = median(rates["save+zmq", mode])
+            rows[-1] += [fmt(both), f"{both / bus:.2f}"]
+        rows[-1].append(got)
     print(
         f"publish rate ({args.broker}): medians of {args.repeat} runs, {args.payload}-byte payload"
     )

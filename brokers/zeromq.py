@@ -139,14 +139,18 @@ class ZeroMQBroker(Broker):
         return sock
 
     def _read_subscriptions(self, sock: zmq.Socket[bytes], timeout_ms: int) -> None:
-        """Track which prefixes some worker subscribed to (XPUB reports them as messages)."""
-        while sock.poll(timeout_ms):
-            message = sock.recv()
+        """Track which prefixes some worker subscribed to (XPUB reports them as messages).
+        With no timeout, one ``EVENTS`` read: a poller per publish cost more than the send."""
+        import zmq
+
+        if timeout_ms and not sock.poll(timeout_ms):
+            return
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            message = sock.recv(zmq.NOBLOCK)
             if message[:1] == b"\x01":
                 self._subscriptions.add(message[1:])
             elif message[:1] == b"\x00":
                 self._subscriptions.discard(message[1:])
-            timeout_ms = 0
 
     def close(self) -> None:
         with self._lock:

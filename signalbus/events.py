@@ -71,11 +71,21 @@ def default_source() -> str:
     return f"//{socket.gethostname()}"
 
 
+# Values already found clean: a process's events repeat their source, types and
+# content type, so most checks are one set lookup (bounded: a set of at most 1,024).
+_CLEAN: set[str] = set()
+_REPEATED = frozenset({"source", "type", "specversion", "datacontenttype"})
+
+
 def _check_text(name: str, value: object) -> str:
+    if type(value) is str and value in _CLEAN:
+        return value
     if not isinstance(value, str) or not value:
         raise InvalidEvent(f"event attribute {name!r} must be a non-empty string")
     if _FORBIDDEN.search(value):
         raise InvalidEvent(f"event attribute {name!r} contains CR, LF or NUL: {value!r:.80}")
+    if len(_CLEAN) < 1024 and name in _REPEATED:
+        _CLEAN.add(value)
     return value
 
 
