@@ -35,8 +35,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .common import (
     BROKERS,
@@ -107,7 +109,6 @@ def time_saves_then_sends(broker_url: str, mode: str, count: int, size: int) -> 
     """Seconds for ``count`` unbound ``Tick.save()`` calls each followed by a bare XPUB send
     of its event's bytes (in atomic mode, the sends after the block)."""
     import django
-    import zmq
 
     django.setup()
     from django.db import transaction
@@ -115,15 +116,8 @@ def time_saves_then_sends(broker_url: str, mode: str, count: int, size: int) -> 
     from benchmarks.benchproject.bench.models import Tick
 
     ticks = [Tick(payload=_payload(i, size)) for i in range(WARMUP + count)]
-    events = [_event(i, size) for i in range(WARMUP + count)]
-    frames = [(event.topic.encode("ascii"), event.encode()) for event in events]
-    context = zmq.Context()
-    sock = context.socket(zmq.XPUB)
-    sock.setsockopt(zmq.SNDHWM, SNDHWM)
-    sock.connect(broker_url.replace("zmq://", "tcp://", 1))
-    try:
-        if not sock.poll(10_000) or sock.recv()[:1] != b"\x01":
-            raise RuntimeError(f"no worker subscribed at {broker_url} within 10 s")
+    frames = _frames(WARMUP + count, size)
+    with _bare_xpub(broker_url) as sock:
         for tick, pair in zip(ticks[:WARMUP], frames[:WARMUP], strict=True):
             tick.save()
             sock.send_multipart(pair)
@@ -140,9 +134,6 @@ def time_saves_then_sends(broker_url: str, mode: str, count: int, size: int) -> 
                 tick.save()
                 sock.send_multipart(pair)
         return time.perf_counter() - start
-    finally:
-        sock.close(linger=5_000)
-        context.term()
 
 
 def _event(i: int, size: int) -> Event:
@@ -156,10 +147,26 @@ def _event(i: int, size: int) -> Event:
 
 def time_zmq_sends(broker_url: str, count: int, size: int) -> float:
     """Seconds for ``count`` two-frame sends on a bare XPUB socket, once a worker subscribed."""
+    frames = _frames(WARMUP + count, size)
+    with _bare_xpub(broker_url) as sock:
+        for pair in frames[:WARMUP]:
+            sock.send_multipart(pair)
+        start = time.perf_counter()
+        for pair in frames[WARMUP:]:
+            sock.send_multipart(pair)
+        return time.perf_counter() - start
+
+
+def _frames(count: int, size: int) -> list[tuple[bytes, bytes]]:
+    events = [_event(i, size) for i in range(count)]
+    return [(event.topic.encode("ascii"), event.encode()) for event in events]
+
+
+@contextmanager
+def _bare_xpub(broker_url: str) -> Iterator[Any]:
+    """A bare pyzmq XPUB connected to the worker, once the worker has subscribed."""
     import zmq
 
-    events = [_event(i, size) for i in range(WARMUP + count)]
-    frames = [(event.topic.encode("ascii"), event.encode()) for event in events]
     context = zmq.Context()
     sock = context.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, SNDHWM)
@@ -167,12 +174,7 @@ def time_zmq_sends(broker_url: str, count: int, size: int) -> float:
     try:
         if not sock.poll(10_000) or sock.recv()[:1] != b"\x01":
             raise RuntimeError(f"no worker subscribed at {broker_url} within 10 s")
-        for pair in frames[:WARMUP]:
-            sock.send_multipart(pair)
-        start = time.perf_counter()
-        for pair in frames[WARMUP:]:
-            sock.send_multipart(pair)
-        return time.perf_counter() - start
+        yield sock
     finally:
         sock.close(linger=5_000)
         context.term()
