@@ -7,12 +7,16 @@ scrape (a new connection) reaches one of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +107,25 @@ def _stat(pid: str) -> list[str]:
     return text.rsplit(")", 1)[1].split()[:2]
 
 
-def readers_on_every_process(worker: WorkerProcess, count: int = CLIENTS) -> list[SSEReader]:
-    readers = [SSEReader(events_url(worker, "public.#")) for _ in range(count)]
-    by_pid = streams_by_pid(worker, count)
-    assert len(by_pid) == 2
-    assert all(streams > 0 for streams in by_pid.values()), by_pid
-    return readers
+@contextlib.contextmanager
+def readers_on_every_process(
+    worker: WorkerProcess, count: int = CLIENTS
+) -> Iterator[list[SSEReader]]:
+    """``count`` SSE clients, and more until each process serves some of them (the kernel
+    picks the process that accepts a connection); all closed on exit."""
+    readers: list[SSEReader] = []
+    try:
+        while len(readers) < count or (
+            min(streams_by_pid(worker, len(readers)).values()) == 0 and len(readers) < 4 * count
+        ):
+            readers.append(SSEReader(events_url(worker, "public.#")))
+        by_pid = streams_by_pid(worker, len(readers))
+        assert len(by_pid) == 2
+        assert all(streams > 0 for streams in by_pid.values()), by_pid
+        yield readers
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 def assert_each_got_once(readers: list[SSEReader], event_id: str) -> None:
@@ -120,22 +137,17 @@ def assert_each_got_once(readers: list[SSEReader], event_id: str) -> None:
 
 def test_two_processes_on_0mq_serve_the_clients_and_each_gets_every_event_once(worker_factory):
     worker = worker_factory(args=TWO).start()
-    readers = readers_on_every_process(worker)
-    try:
+    with readers_on_every_process(worker) as readers:
         publisher = ZeroMQBroker(worker.broker_url, connect_timeout=5)
         event = send(publisher, "public.invoice.7.paid", {"amount": "12.50"})
         publisher.close()
         assert_each_got_once(readers, event.id)
-    finally:
-        for reader in readers:
-            reader.close()
     assert worker.stop() == 0
 
 
 def test_a_short_lived_publishing_process_delivers_through_the_forwarder(worker_factory):
     worker = worker_factory(args=TWO).start()
-    readers = readers_on_every_process(worker, count=10)
-    try:
+    with readers_on_every_process(worker, count=10) as readers:
         # Its first send waits for a subscription, which comes up through the forwarder.
         done = subprocess.run(
             [sys.executable, "-m", "signalbus", "publish", "public.order.1.created"],
@@ -147,9 +159,6 @@ def test_a_short_lived_publishing_process_delivers_through_the_forwarder(worker_
         )
         assert done.returncode == 0, done.stderr
         assert_each_got_once(readers, done.stdout.strip())
-    finally:
-        for reader in readers:
-            reader.close()
 
 
 @pytest.mark.amqp
@@ -159,15 +168,11 @@ def test_two_processes_on_amqp_serve_the_clients_and_each_gets_every_event_once(
     from brokers.amqp import AMQPBroker
 
     worker = worker_factory(broker_url=f"{AMQP_URL}?exchange={exchange}", args=TWO).start()
-    readers = readers_on_every_process(worker)
-    try:
+    with readers_on_every_process(worker) as readers:
         publisher = AMQPBroker(AMQP_URL, exchange=exchange, publish_timeout=5)
         event = send(publisher, "public.invoice.8.paid")
         publisher.close()
         assert_each_got_once(readers, event.id)
-    finally:
-        for reader in readers:
-            reader.close()
     assert worker.stop() == 0
 
 
@@ -178,21 +183,20 @@ def test_two_processes_on_amqp_serve_the_clients_and_each_gets_every_event_once(
 )
 def test_a_signal_stops_every_process_and_exits_0_within_5_s(worker_factory, sig, group):
     worker = worker_factory(args=TWO, new_session=group).start()
-    readers = readers_on_every_process(worker, count=4)
     assert worker.proc is not None
-    family = children(worker.proc.pid) | {worker.proc.pid}
-    assert len(family) >= 3  # the supervisor and its two worker processes
-    started = time.monotonic()
-    if group:  # what a terminal does on Ctrl-C
-        os.killpg(worker.proc.pid, sig)
-    else:
-        worker.proc.send_signal(sig)
-    assert worker.proc.wait(STOP_WITHIN) == 0
-    wait_for(lambda: not any(alive(pid) for pid in family), timeout=STOP_WITHIN)
-    assert time.monotonic() - started < STOP_WITHIN
-    for reader in readers:
-        assert reader.ended.wait(1)  # the streams were closed, not left hanging
-        reader.close()
+    with readers_on_every_process(worker, count=4) as readers:
+        family = children(worker.proc.pid) | {worker.proc.pid}
+        assert len(family) >= 3  # the supervisor and its two worker processes
+        started = time.monotonic()
+        if group:  # what a terminal does on Ctrl-C
+            os.killpg(worker.proc.pid, sig)
+        else:
+            worker.proc.send_signal(sig)
+        assert worker.proc.wait(STOP_WITHIN) == 0
+        wait_for(lambda: not any(alive(pid) for pid in family), timeout=STOP_WITHIN)
+        assert time.monotonic() - started < STOP_WITHIN
+        for reader in readers:
+            assert reader.ended.wait(1)  # the streams were closed, not left hanging
     log = worker.log()
     assert "Traceback" not in log
     assert "KeyboardInterrupt" not in log
@@ -213,13 +217,19 @@ def test_ctrl_c_while_a_worker_process_is_still_starting_is_quiet(worker_factory
 
 
 def test_the_worker_processes_stop_by_themselves_when_the_supervisor_is_killed(worker_factory):
-    worker = worker_factory(args=TWO).start()
-    assert worker.proc is not None
-    pids = set(processes(worker))
-    assert pids <= children(worker.proc.pid)
-    worker.proc.kill()
-    worker.proc.wait(5)
-    wait_for(lambda: not any(alive(pid) for pid in pids), timeout=STOP_WITHIN)
+    # A killed supervisor leaves its forwarder's directory behind: in one of ours (short, for
+    # the length limit of an ipc:// path).
+    temporary = tempfile.mkdtemp(prefix="sbt-")
+    try:
+        worker = worker_factory(args=TWO, env={"TMPDIR": temporary}).start()
+        assert worker.proc is not None
+        pids = set(processes(worker))
+        assert pids <= children(worker.proc.pid)
+        worker.proc.kill()
+        worker.proc.wait(5)
+        wait_for(lambda: not any(alive(pid) for pid in pids), timeout=STOP_WITHIN)
+    finally:
+        shutil.rmtree(temporary)
 
 
 def test_a_killed_worker_process_is_replaced_and_streams_work_again(worker_factory):
@@ -230,24 +240,14 @@ def test_a_killed_worker_process_is_replaced_and_streams_work_again(worker_facto
     wait_for(lambda: not alive(victim))
     now = processes(worker).keys()
     assert victim not in now
-    [replacement] = now - before
+    assert len(now - before) == 1  # the replacement
     assert f"(pid {victim}) died after" in worker.log()
     assert "killed by SIGKILL (status -9); restarting in" in worker.log()
-    readers: list[SSEReader] = []
-    try:
-        # Clients until the new process serves some of them (the kernel picks who accepts).
-        while len(readers) < 4 * CLIENTS:
-            readers += [SSEReader(events_url(worker, "public.#")) for _ in range(5)]
-            if streams_by_pid(worker, len(readers)).get(replacement, 0) > 0:
-                break
-        assert streams_by_pid(worker, len(readers)).get(replacement, 0) > 0
+    with readers_on_every_process(worker, count=10) as readers:  # the replacement serves some
         publisher = ZeroMQBroker(worker.broker_url, connect_timeout=5)
         event = send(publisher, "public.after.kill")
         publisher.close()
         assert_each_got_once(readers, event.id)
-    finally:
-        for reader in readers:
-            reader.close()
     assert worker.stop() == 0
 
 
