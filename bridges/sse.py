@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -298,6 +299,8 @@ class _HubCollector(Collector):
 
     def collect(self) -> Any:
         hub, stats = self.hub.stats, self.stats
+        # Which process answered: with ``--workers N`` a scrape reaches one of them.
+        yield InfoMetricFamily("signalbus_worker", "This worker process", {"pid": str(os.getpid())})
         yield GaugeMetricFamily(
             "signalbus_broker_ready", "1 when the broker is connected", value=int(self.ready())
         )

@@ -3,7 +3,9 @@
 URL: ``zmq://127.0.0.1:5560``. The worker binds a SUB socket there; every
 Django process connects to it, so a worker restart needs no restart of the
 Django processes (0MQ reconnects on its own). Messages are two frames: the
-topic and the event's JSON.
+topic and the event's JSON. With ``signalbus worker --workers N`` the supervisor
+binds that address instead (`brokers.zeromq_forwarder`) and each worker process
+connects its SUB socket to the forwarder (``ZeroMQBroker(url, forwarder=...)``).
 
 Guarantee: at most once. PUB/SUB drops a message when no subscriber is
 connected, so this adapter makes each drop loud instead of silent:
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     import zmq
     import zmq.asyncio
 
-__all__ = ["ZeroMQBroker", "ZeroMQConsumer", "parse_zmq_url"]
+__all__ = ["ZeroMQBroker", "ZeroMQConsumer", "bind_error", "parse_zmq_url"]
 
 logger = logging.getLogger("signalbus.brokers.zeromq")
 
@@ -66,14 +68,28 @@ def parse_zmq_url(url: str) -> str:
     return f"tcp://{host}:{port}"
 
 
+def bind_error(url: str, exc: zmq.ZMQError) -> BrokerUnavailable:
+    """The one-line error for an address this process could not bind."""
+    import zmq
+
+    reason = "address in use (is another worker running?)" if exc.errno == zmq.EADDRINUSE else exc
+    return BrokerUnavailable(f"cannot bind {url}: {reason}")
+
+
 class ZeroMQBroker(Broker):
-    """One XPUB socket per process, connected to the worker's SUB endpoint."""
+    """One XPUB socket per process, connected to the worker's SUB endpoint.
+
+    ``forwarder``: the XPUB endpoint of a `brokers.zeromq_forwarder.ZeroMQForwarder`;
+    consumers then connect to it instead of binding the URL's address."""
 
     scheme = "zmq"
 
-    def __init__(self, url: str, *, connect_timeout: float | None = None) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float | None = None, forwarder: str | None = None
+    ) -> None:
         super().__init__(url)
         self.endpoint = parse_zmq_url(url)
+        self.forwarder = forwarder
         if connect_timeout is None:
             configured = configured_settings()
             connect_timeout = configured.zmq_connect_timeout if configured else 1.0
@@ -162,6 +178,8 @@ class ZeroMQBroker(Broker):
             context.term()
 
     def consumer(self, patterns: Sequence[str]) -> Consumer:
+        if self.forwarder is not None:
+            return ZeroMQConsumer(self.url, self.forwarder, patterns, connect=True)
         return ZeroMQConsumer(self.url, self.endpoint, patterns)
 
 
@@ -176,11 +194,14 @@ def _prefix(pattern: str) -> bytes:
 
 
 class ZeroMQConsumer(Consumer):
-    """The worker's SUB socket, bound at the URL's address."""
+    """The worker's SUB socket, bound at the URL's address, or connected to a forwarder."""
 
-    def __init__(self, url: str, endpoint: str, patterns: Sequence[str]) -> None:
+    def __init__(
+        self, url: str, endpoint: str, patterns: Sequence[str], *, connect: bool = False
+    ) -> None:
         self.url = url
         self.endpoint = endpoint
+        self.connect = connect
         self.prefixes = sorted({_prefix(p) for p in patterns})
         if b"" in self.prefixes:
             self.prefixes = [b""]
@@ -206,17 +227,17 @@ class ZeroMQConsumer(Consumer):
         for prefix in self.prefixes:
             sock.setsockopt(zmq.SUBSCRIBE, prefix)
         try:
-            sock.bind(self.endpoint)
+            if self.connect:
+                sock.connect(self.endpoint)
+            else:
+                sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
             sock.close()
             self._context.term()
             self._context = None
-            reason = (
-                "address in use (is another worker running?)"
-                if exc.errno == zmq.EADDRINUSE
-                else exc
-            )
-            raise BrokerUnavailable(f"cannot bind {self.url}: {reason}") from None
+            if self.connect:
+                raise BrokerUnavailable(f"cannot connect to {self.endpoint}: {exc}") from None
+            raise bind_error(self.url, exc) from None
         self._socket = sock
 
     async def run(self, deliver: Deliver) -> None:

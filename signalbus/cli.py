@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="patterns this worker consumes from the broker (default: '#', everything)",
     )
     worker.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing --host and --port, each with its own broker consumer, "
+        "restarted if one dies; each serves its own /healthz, /readyz and /metrics "
+        "(default: 1, this process alone)",
+    )
+    worker.add_argument(
         "--no-http",
         action="store_true",
         help="run the @signalbus.subscriber functions only: no SSE endpoint, no port bound "
@@ -153,6 +162,8 @@ def _run_worker(args: argparse.Namespace) -> int:
     patterns = [validate_pattern(p) for p in args.topics]
     if not 0 < args.port < 65536:
         raise ConfigurationError(f"--port {args.port} is not a TCP port")
+    if args.workers < 1:
+        raise ConfigurationError(f"--workers {args.workers}: give 1 or more worker processes")
     url = broker_url(args.broker, settings)
     worker = Worker(
         broker_url=url,
@@ -162,6 +173,10 @@ def _run_worker(args: argparse.Namespace) -> int:
         patterns=patterns,
         http=not args.no_http,
     )
+    if args.workers > 1:
+        from .supervisor import supervise
+
+        return supervise(worker, args.workers, log_level=args.log_level)
     return worker.run()
 
 

@@ -64,9 +64,15 @@ class Worker:
         port: int = 8001,
         patterns: Sequence[str] = ("#",),
         http: bool = True,
+        sock: socket.socket | None = None,
+        broker: Broker | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.http = http  # False: ``--no-http``, the @subscriber functions only
+        # From `signalbus.supervisor` (``--workers N``): its listening socket, and with
+        # 0MQ a broker whose consumer connects to its forwarder.
+        self.sock = sock
+        self.broker = broker
         self.settings = settings
         self.host = host
         self.port = port
@@ -79,11 +85,11 @@ class Worker:
         """Serve until Ctrl-C or SIGTERM; the exit status for the command line."""
         from brokers.registry import open_broker
 
-        consumer = self._consumer(open_broker(self.broker_url))
+        consumer = self._consumer(self.broker or open_broker(self.broker_url))
         consumer.yield_every = max(1, min(64, self.settings.client_queue // 4))
         if not self.http:
             return _run(self._run_subscribers(consumer))
-        sock = bind_socket(self.host, self.port)
+        sock = self.sock or bind_socket(self.host, self.port)
         try:
             return _run(self._serve(consumer, sock))
         finally:

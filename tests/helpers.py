@@ -63,6 +63,7 @@ class WorkerProcess:
         broker_url: str | None = None,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        new_session: bool = False,
     ) -> None:
         self.port = free_port()
         self.broker_url = broker_url or f"zmq://{HOST}:{free_port()}"
@@ -70,6 +71,7 @@ class WorkerProcess:
         self.log_path = tmp / f"worker-{self.port}.log"
         self.env = child_env(**(env or {}))
         self.args = args
+        self.new_session = new_session  # a process group of its own, as a terminal gives
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -94,6 +96,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=ROOT,
+                start_new_session=self.new_session,
             )
         wait_for(self._healthy, timeout=20)
         return self

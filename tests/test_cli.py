@@ -45,7 +45,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *fragments: st
     ("command", "options"),
     [
         ((), ("worker", "publish", "tail", "demo")),
-        (("worker",), ("--settings", "--broker", "--host", "--port", "--topics")),
+        (("worker",), ("--settings", "--broker", "--host", "--port", "--topics", "--workers")),
         (("publish",), ("TOPIC", "JSON", "--type", "--subject", "--broker")),
         (("tail",), ("PATTERN", "--broker")),
         (("demo",), ("--port", "--worker-port", "--broker-port")),
@@ -90,6 +90,65 @@ def test_port_in_use_is_one_line():
             "worker", *SETTINGS, "--port", str(port), "--broker", f"zmq://{HOST}:{free_port()}"
         )
     assert_one_line_error(done, f"port {port} on 127.0.0.1 is in use")
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_workers_below_one_is_one_line(count):
+    assert_one_line_error(
+        run("worker", *SETTINGS, "--workers", count), f"--workers {count}: give 1 or more"
+    )
+
+
+def test_several_workers_on_the_memory_broker_is_one_line():
+    done = run("worker", *SETTINGS, "--workers", "2", "--broker", "memory://")
+    assert_one_line_error(done, "--workers 2", "memory:// reaches one process only")
+
+
+def test_several_workers_port_in_use_is_one_line_before_any_worker_process_starts():
+    with socket.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(
+            "worker",
+            *SETTINGS,
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--broker",
+            f"zmq://{HOST}:{free_port()}",
+        )
+    assert_one_line_error(done, f"port {port} on 127.0.0.1 is in use")
+
+
+def test_several_workers_on_a_taken_zmq_address_is_one_line(shared_worker):
+    done = run(
+        "worker",
+        *SETTINGS,
+        "--workers",
+        "2",
+        "--port",
+        str(free_port()),
+        "--broker",
+        shared_worker.broker_url,
+    )
+    assert_one_line_error(done, "cannot bind", "address in use")
+
+
+def test_several_workers_on_0mq_with_subscribers_is_one_line():
+    done = run(
+        "worker",
+        "--settings",
+        "tests.bridges.remote_settings",
+        "--workers",
+        "2",
+        "--port",
+        str(free_port()),
+        "--broker",
+        f"zmq://{HOST}:{free_port()}",
+    )
+    assert_one_line_error(done, "--workers 2 on 0MQ would run each @signalbus.subscriber")
 
 
 def test_zmq_endpoint_taken_by_another_worker_is_one_line(shared_worker):

@@ -214,6 +214,8 @@ def test_tests_brokers_does_not_shadow_the_real_brokers() -> None:
         "brokers.registry",
         "brokers.memory",
         "brokers.zeromq",
+        "brokers.zeromq_forwarder",
+        "signalbus.supervisor",
     ],
 )
 def test_every_name_in_all_exists(module: str) -> None:
