@@ -565,7 +565,9 @@ async def test_consumer_reconnects_after_a_cut_and_gets_what_follows(
         await received.wait_for(3)
         tg.cancel_scope.cancel()
     assert received.topics == ["cut.before", "cut.during", "cut.after"]
-    assert max(lags) < 0.25  # the loop never stalled
+    # The loop never stalled: a blocking reconnect would hold it for seconds (the bound
+    # leaves room for a machine busy with other work).
+    assert max(lags) < 1.0
 
 
 # -- the worker, end to end ----------------------------------------------------------------------
