@@ -1,66 +1,52 @@
-"""Bus -> browsers: the SSE endpoint of DESIGN.md as a Starlette app on sse-starlette.
+"""Bus -> browsers: the SSE endpoint of DESIGN.md as a Starlette app; each stream is an
+`bridges.sse_response.SSEResponse`.
 
 Deliberate choices:
 
-- Each event's frame is encoded once by the hub; a stream yields the bytes of
+- Each event's frame is encoded once by the hub; a stream writes the bytes of
   everything queued since its last write, joined, so a burst costs one send
   per client, not one per event (DESIGN.md, "Pitfalls").
 - A client that stops reading is not waited for: its queue is bounded
   (``CLIENT_QUEUE``) and, past it, the stream is closed; a send blocked longer
-  than ``send_timeout`` ends the response too. Either way the client resumes
+  than ``send_timeout`` ends the response too (found by the app's one
+  `StreamClock`, not by a timer per send). Either way the client resumes
   with ``Last-Event-ID``.
 - Errors are JSON ``{"error": ...}`` with the status the contract names.
 - A signed token (``?token=``, ``Authorization: Bearer``, or the ``signalbus_token``
   cookie) is checked before the session; a stream it opened is closed when it
-  expires (one timer per stream, no per-event cost), so the reconnect gets 401.
+  expires (one timer per such stream, no per-event cost), so the reconnect gets 401.
   The token is never logged.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from sse_starlette.sse import SendTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from signalbus.access import Decision, decide, is_public, session_user
 from signalbus.conf import Settings
 from signalbus.errors import InvalidTopic
-from signalbus.hub import Hub, Subscription
+from signalbus.hub import Hub
 from signalbus.topics import validate_pattern
+
+from .sse_response import SSEResponse, StreamClock, StreamStats
 
 __all__ = ["MAX_TOPICS", "StreamStats", "create_app"]
 
-logger = logging.getLogger("signalbus.sse")
 
 MAX_TOPICS = 32
 TOKEN_COOKIE = "signalbus_token"  # noqa: S105 (a cookie name, not a secret)
 _EVENT_ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
-_REPLAY_CHUNK = 512
-
-
-class StreamStats:
-    """Counters of the endpoint itself, read by ``/metrics``."""
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.opened = 0
-        self.rejected: dict[int, int] = {}
-        self.send_timeouts = 0
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -98,52 +84,6 @@ def _token(request: Request) -> str | None:
     return request.cookies.get(TOKEN_COOKIE)
 
 
-async def _frames(
-    sub: Subscription,
-    first: list[bytes],
-    retry_ms: int,
-    hub: Hub,
-    stats: StreamStats,
-    expires: float | None = None,
-) -> AsyncIterator[bytes]:
-    stats.open += 1
-    stats.opened += 1
-    timer = None
-    if expires is not None:
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, expires - time.time())
-        timer = loop.call_at(loop.time() + delay, sub.close, "token expired")
-    try:
-        yield b"retry: %d\n\n" % retry_ms
-        for start in range(0, len(first), _REPLAY_CHUNK):
-            yield b"".join(first[start : start + _REPLAY_CHUNK])
-        while True:
-            batch = await sub.next_batch()
-            if batch is None:
-                return
-            yield batch[0] if len(batch) == 1 else b"".join(batch)
-    finally:
-        if timer is not None:
-            timer.cancel()
-        stats.open -= 1
-        hub.unsubscribe(sub)
-
-
-class _Stream:
-    """The SSE response, ending quietly when a send times out on a client that stopped reading."""
-
-    def __init__(self, response: EventSourceResponse, stats: StreamStats) -> None:
-        self.response = response
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.response(scope, receive, send)
-        except SendTimeoutError:
-            self.stats.send_timeouts += 1
-            logger.info("closed a stream whose client stopped reading")
-
-
 def create_app(
     hub: Hub,
     settings: Settings,
@@ -157,6 +97,7 @@ def create_app(
 
     ``counters`` and ``gauges`` add the worker's own figures (name -> read function)."""
     stats = StreamStats()
+    clock = StreamClock(keepalive=settings.keepalive, send_timeout=send_timeout, stats=stats)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_HubCollector(hub, stats, ready, dict(counters or {}), dict(gauges or {})))
 
@@ -164,7 +105,7 @@ def create_app(
         stats.rejected[status] = stats.rejected.get(status, 0) + 1
         return _error(status, message, cors)
 
-    async def events(request: Request) -> Response:
+    async def events(request: Request) -> Response | SSEResponse:
         cors = _cors_headers(request, settings.allowed_origins)
         patterns = request.query_params.getlist("topic")
         if not patterns:
@@ -181,22 +122,15 @@ def create_app(
         if request.method == "HEAD":
             return Response(media_type="text/event-stream", headers=cors)
         sub, first = hub.subscribe(tuple(patterns), _last_event_id(request))
-        response = EventSourceResponse(
-            _frames(
-                sub,
-                first,
-                settings.retry_ms,
-                hub,
-                stats,
-                expires=None if decision.grant is None else decision.grant.expires,
-            ),
-            headers={"Cache-Control": "no-store", **cors},
-            ping=settings.keepalive,
-            ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
-            sep="\n",
-            send_timeout=send_timeout,
+        return SSEResponse(
+            hub,
+            sub,
+            first,
+            clock=clock,
+            retry_ms=settings.retry_ms,
+            headers=cors,
+            expires=None if decision.grant is None else decision.grant.expires,
         )
-        return _Stream(response, stats)  # type: ignore[return-value]
 
     async def preflight(request: Request) -> Response:
         cors = _cors_headers(request, settings.allowed_origins)
