@@ -7,14 +7,16 @@ around every send for its ``send_timeout``). Deliberate differences:
 
 - **No timer per send.** A stream notes the clock's tick and a flag before a send and
   clears the flag after: two attribute writes. `StreamClock`, one ``call_later`` chain
-  per app, finds a send that started more than ``send_timeout`` ago and cancels that
-  stream's task; the client resumes with ``Last-Event-ID``.
+  per app, finds a send that started more than ``send_timeout`` ago and ends that
+  stream; the client resumes with ``Last-Event-ID``. A stream whose subscription was
+  closed (shutdown, overflow) while its send is stuck is ended at the next tick.
 - **No ping task.** The same clock queues ``: ping`` on a stream that wrote nothing for
   ``keepalive`` seconds; the stream writes it as any other frame.
-- **Two tasks a stream**: the ASGI call itself, which does every write, and one waiting
-  in ``receive()`` for ``http.disconnect`` (uvicorn reports a disconnect only there:
-  its ``send`` returns quietly once the client is gone), which closes the subscription
-  so that an idle stream ends at once.
+- **Two tasks a stream.** The server's task, the ASGI call, waits in ``receive()`` for
+  ``http.disconnect`` (uvicorn reports a disconnect only there: its ``send`` returns
+  quietly once the client is gone), so that an idle stream ends at once. A writer task
+  of the stream's own does every write: resuming it walks two coroutine frames, where
+  resuming the server's task walks one per middleware layer.
 - No ``Connection: keep-alive`` header: HTTP/1.1 connections are persistent anyway, and
   HTTP/2 forbids the header.
 - Shutdown needs no watcher of its own: the worker closes every subscription
@@ -118,7 +120,7 @@ class SSEResponse:
         "_headers",
         "_hub",
         "_retry_ms",
-        "_task",
+        "_server_task",
         "clock",
         "mark",
         "sending",
@@ -151,22 +153,31 @@ class SSEResponse:
             ),
         ]
         self._expires = expires
-        self._task: asyncio.Task[object] | None = None
+        self._server_task: asyncio.Task[object] | None = None
         self._cut: str | None = None
         self.sending = False
         self.mark = clock.tick
 
     def cut(self, *, timed_out: bool) -> None:
         """End a stream whose send has not returned: its client stopped reading."""
-        if self._cut is None and self._task is not None:
-            self._cut = "send timeout" if timed_out else "closed while stuck"
-            self.sub.close(self._cut)
-            self._task.cancel()
+        self._end("send timeout" if timed_out else "closed while stuck")
+
+    def _end(self, reason: str) -> None:
+        """Wake the server's task out of ``receive()`` to end the response without its last
+        chunk; the writer is cancelled on the way out."""
+        if self._cut is None and self._server_task is not None:
+            self._cut = reason
+            self.sub.close(reason)
+            self._server_task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The server's task runs under the frames of its middleware, all walked again each
+        # time it resumes: so it only waits in receive() for the client to go (or the
+        # response to end), and a task of its own, two frames deep, does every write.
         loop = asyncio.get_running_loop()
-        self._task = task = asyncio.current_task()
-        listener = loop.create_task(self._await_disconnect(receive))
+        self._server_task = task = asyncio.current_task()
+        writer = loop.create_task(self._stream(send))
+        writer.add_done_callback(self._on_writer_done)
         expiry = None
         if self._expires is not None:
             delay = max(0.0, self._expires - time.time())
@@ -176,58 +187,62 @@ class SSEResponse:
         stats.opened += 1
         self.clock.add(self)
         try:
-            await self._stream(send)
+            while (await receive())["type"] != "http.disconnect":
+                pass
         except asyncio.CancelledError:
             if self._cut is None or task is None or task.uncancel():
                 raise
             if self._cut == "send timeout":
                 stats.send_timeouts += 1
                 logger.info("closed a stream whose client stopped reading")
-        except OSError:
-            pass  # ASGI 2.4 servers raise it from send() once the client is gone
         finally:
-            listener.cancel()
+            self.sub.close("disconnected")  # no-op once closed for another reason
+            writer.cancel()
             if expiry is not None:
                 expiry.cancel()
             self.clock.discard(self)
             stats.open -= 1
             self._hub.unsubscribe(self.sub)
-            self._task = None
+            self._server_task = None
+        if self._cut == "writer failed" and (error := writer.exception()) is not None:
+            raise error  # for the server to log, as any application error
+
+    def _on_writer_done(self, writer: asyncio.Task[None]) -> None:
+        if not writer.cancelled() and writer.exception() is not None:
+            self._end("writer failed")
 
     async def _stream(self, send: Send) -> None:
         start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
-        await send(start)
         self._headers = []
-        await self._write(send, b"retry: %d\n\n" % self._retry_ms)
-        first, self._first = self._first, []
-        for at in range(0, len(first), REPLAY_CHUNK):
-            await self._write(send, b"".join(first[at : at + REPLAY_CHUNK]))
-        del first
-        sub, clock = self.sub, self.clock
-        while (batch := await sub.next_batch()) is not None:
-            # The two writes the clock reads, instead of a timer around the send.
-            self.mark = clock.tick
-            self.sending = True
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": batch[0] if len(batch) == 1 else b"".join(batch),
-                    "more_body": True,
-                }
-            )
-            self.sending = False
-        if sub.reason != "disconnected":
-            self.mark = clock.tick
-            self.sending = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        try:
+            await send(start)
+            del start
+            await self._write(send, b"retry: %d\n\n" % self._retry_ms)
+            first, self._first = self._first, []
+            for at in range(0, len(first), REPLAY_CHUNK):
+                await self._write(send, b"".join(first[at : at + REPLAY_CHUNK]))
+            del first
+            sub, clock = self.sub, self.clock
+            while (batch := await sub.next_batch()) is not None:
+                # The two writes the clock reads, instead of a timer around the send.
+                self.mark = clock.tick
+                self.sending = True
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": batch[0] if len(batch) == 1 else b"".join(batch),
+                        "more_body": True,
+                    }
+                )
+                self.sending = False
+            if sub.reason != "disconnected":
+                # The last chunk ends the response, and so the server's receive() too.
+                await self._write(send, b"", more_body=False)
+        except OSError:
+            pass  # ASGI 2.4 servers raise it from send() once the client is gone
 
-    async def _write(self, send: Send, body: bytes) -> None:
+    async def _write(self, send: Send, body: bytes, *, more_body: bool = True) -> None:
         self.mark = self.clock.tick
         self.sending = True
-        await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": body, "more_body": more_body})
         self.sending = False
-
-    async def _await_disconnect(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.sub.close("disconnected")

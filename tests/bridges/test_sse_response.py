@@ -21,7 +21,7 @@ import uvicorn
 from bridges.sse import create_app
 from signalbus.conf import Settings
 from signalbus.events import Event
-from signalbus.hub import Hub
+from signalbus.hub import Hub, Subscription
 
 from ..helpers import HOST, SSEReader, WorkerProcess, events_url, free_port, send, wait_for
 
@@ -39,7 +39,13 @@ class AppServer:
         settings = Settings(public_topics=("shop.#",), keepalive=keepalive)
         app = create_app(self.hub, settings, ready=lambda: True, send_timeout=send_timeout)
         config = uvicorn.Config(
-            app, host=HOST, port=self.port, lifespan="off", ws="none", log_level="warning"
+            app,
+            host=HOST,
+            port=self.port,
+            lifespan="off",
+            ws="none",
+            log_level="warning",
+            log_config=None,  # uvicorn's records reach pytest's caplog
         )
         self.server = uvicorn.Server(config)
         self.loop = asyncio.new_event_loop()
@@ -217,3 +223,25 @@ def test_shutdown_ends_idle_busy_and_stuck_streams_within_5_s(tmp_path):
             reader.close()
         stuck.close()
         assert "Traceback" not in worker.log()
+
+
+# -- a failing writer ----------------------------------------------------------------------
+
+
+def test_an_error_in_a_stream_ends_it_logged_and_unsubscribed(monkeypatch, caplog):
+    with AppServer() as server:
+        sock = open_stream(server.port)
+        wait_for(lambda: server.metric("signalbus_sse_streams") == 1, timeout=5)
+
+        async def broken(self: Subscription) -> None:
+            raise RuntimeError("the hub broke")
+
+        monkeypatch.setattr(Subscription, "next_batch", broken)
+        server.publish("shop.x")  # wakes the stream, whose next wait now fails
+        sock.settimeout(5)
+        while sock.recv(65536):  # the server closes the connection
+            pass
+        sock.close()
+        wait_for(lambda: server.metric("signalbus_sse_streams") == 0, timeout=5)
+        assert server.hub.subscriptions == 0
+    assert "the hub broke" in caplog.text
