@@ -169,10 +169,10 @@ class _StreamsFirst:
     through Starlette.
 
     Starlette's middleware and routing wrap ``send`` three times and stack a dozen frames
-    between the server and a stream, all walked again on every wake-up of every stream:
-    a quarter of the worker's CPU at 1,000 clients, and about 5 KB per idle connection
-    (benchmarks/README.md). An error in the endpoint still reaches the server, which
-    answers 500 and logs it, as Starlette's error middleware would."""
+    between the server and a stream: a third of the worker's CPU per write at 1,000
+    clients, and about 6 KB per idle connection (benchmarks/README.md, "The SSE write
+    path"). An error in the endpoint still reaches the server, which answers 500 and
+    logs it, as Starlette's error middleware would."""
 
     def __init__(self, app: ASGIApp, events: Callable[[Request], Awaitable[ASGIApp]]) -> None:
         self.app = app
