@@ -88,7 +88,7 @@ def machine() -> list[tuple[str, str]]:
         ("pyzmq", f"{_version('pyzmq')} (libzmq {zmq.zmq_version()})"),
         ("uvicorn", _version("uvicorn")),
         ("uvloop", _version("uvloop")),
-        ("sse-starlette", _version("sse-starlette")),
+        ("starlette", _version("starlette")),
         ("pika", _version("pika")),
         ("load average", loadavg()),
     ]

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("signalbus", "brokers", "bridges")
-HEAVY = ("zmq", "pika", "starlette", "sse_starlette", "uvicorn", "celery", "prometheus_client")
+HEAVY = ("zmq", "pika", "starlette", "uvicorn", "celery", "prometheus_client")
 
 
 def run_python(code: str, *, cwd: Path = ROOT) -> str:

@@ -170,8 +170,13 @@ def test_slow_client_is_disconnected_while_another_keeps_up(tmp_path):
         slow.sendall(f"GET /events?topic=shop.%23 HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
         with SSEReader(events_url(worker, "shop.#")) as fast:
             publisher = ZeroMQBroker(worker.broker_url, connect_timeout=5)
-            sent = [send(publisher, f"shop.s.{i}", {"pad": "x" * size}) for i in range(count)]
-            received = fast.take(count, timeout=30)
+            sent, received = [], []
+            # In steps a reader keeps up with (a queue holds 50), however busy the machine;
+            # the slow client reads nothing at all.
+            for step in range(0, count, 25):
+                batch = range(step, step + 25)
+                sent += [send(publisher, f"shop.s.{i}", {"pad": "x" * size}) for i in batch]
+                received += fast.take(25, timeout=30)
             publisher.close()
         assert [e.id for e in received] == [e.id for e in sent]
         # The slow client now reads: it finds a stream the server ended before the last event.
