@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import httpx
@@ -74,30 +74,36 @@ class WorkerProcess:
         self.new_session = new_session  # a process group of its own, as a terminal gives
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "signalbus",
+            "worker",
+            "--settings",
+            "tests.project.settings",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--broker",
+            self.broker_url,
+            *self.args,
+        ]
+
+    def start(self, *, wait: bool = True) -> Self:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "signalbus",
-                    "worker",
-                    "--settings",
-                    "tests.project.settings",
-                    "--host",
-                    HOST,
-                    "--port",
-                    str(self.port),
-                    "--broker",
-                    self.broker_url,
-                    *self.args,
-                ],
+                self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 cwd=ROOT,
                 start_new_session=self.new_session,
             )
+        return self.wait_ready() if wait else self
+
+    def wait_ready(self) -> Self:
         wait_for(self._healthy, timeout=20)
         return self
 
@@ -105,6 +111,9 @@ class WorkerProcess:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log()}")
+        return self.ready()
+
+    def ready(self) -> bool:
         try:
             return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
@@ -124,7 +133,7 @@ class WorkerProcess:
             self.proc.wait()
             raise
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -34,7 +34,7 @@ from signalbus import Event
 from signalbus.conf import Settings
 from signalbus.subscribers import Subscriber
 from tests.faults.proxy import TCPProxy
-from tests.helpers import HOST, ROOT, SSEReader, child_env, send, wait_for
+from tests.helpers import HOST, ROOT, SSEReader, WorkerProcess, child_env, send, wait_for
 from tests.project.shop.models import Order
 from tests.rabbitmq import AMQP_URL, delete_exchanges, unique_exchange
 
@@ -262,53 +262,22 @@ def test_an_event_published_while_the_connection_is_cut_waits_in_the_queue(
 # -- worker processes ---------------------------------------------------------------------------
 
 
-class SubscriberWorker:
+class SubscriberWorker(WorkerProcess):
     """``python -m signalbus worker --no-http`` running `tests.bridges.remote_subscribers`."""
 
     def __init__(self, tmp: Path, broker_url: str, records: Path) -> None:
-        self.log_path = tmp / f"worker-{id(self)}.log"
-        self.broker_url = broker_url
-        self.env = child_env(SIGNALBUS_TEST_RECORD_DIR=str(records))
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            tmp, broker_url=broker_url, env={"SIGNALBUS_TEST_RECORD_DIR": str(records)}
+        )
 
-    def start(self) -> SubscriberWorker:
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "signalbus",
-                    "worker",
-                    "--no-http",
-                    "--settings",
-                    "tests.bridges.remote_settings",
-                    "--broker",
-                    self.broker_url,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-            )
-        return self
+    def command(self) -> list[str]:
+        return [
+            *(sys.executable, "-m", "signalbus", "worker", "--no-http"),
+            *("--settings", "tests.bridges.remote_settings", "--broker", self.broker_url),
+        ]
 
-    def wait_ready(self) -> SubscriberWorker:
-        wait_for(self._ready, timeout=20)
-        return self
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log()}")
+    def ready(self) -> bool:
         return READY in self.log()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(WAIT)
 
 
 @pytest.fixture
@@ -324,7 +293,8 @@ def start_workers(tmp_path: Path, records: Path, exchange: str) -> Iterator[Any]
 
     def start(count: int) -> list[SubscriberWorker]:
         url = f"{AMQP_URL}?exchange={exchange}"
-        workers = [SubscriberWorker(tmp_path, url, records).start() for _ in range(count)]
+        new = [SubscriberWorker(tmp_path, url, records) for _ in range(count)]
+        workers = [worker.start(wait=False) for worker in new]
         started.extend(workers)
         return [worker.wait_ready() for worker in workers]
 
