@@ -1,0 +1,39 @@
+"""The signalbus targets added to the peer harness's ``peers.py`` (paste below its
+``Signalbus`` class and add both to ``PEERS``; copy ``signalbus_direct_pub.py`` to its
+``apps/``). ``signalbus`` and ``signalbus-amqp`` are the harness's own."""
+
+# ruff: noqa: F821 (names of the harness's peers.py: Signalbus, HOST, PY, APPS, os, signalbus_cli)
+
+
+class SignalbusDirect(Signalbus):
+    """The signalbus worker fed by signalbus's own 0MQ publisher from a bare asyncio
+    endpoint (apps/signalbus_direct_pub.py), no Django request per event: the
+    worker's fan-out, published the way Nchan's POST /pub is."""
+
+    name = "signalbus-direct"
+    sub_addr = (HOST, 18095)
+    pub_addr = (HOST, 18096)
+    pub_path = "/publish"
+    broker_url = f"zmq://{HOST}:18097"
+
+    def commands(self):
+        env = self.env()
+        self.migrate(env)
+        worker = [*signalbus_cli(), "worker", "--settings", "benchproj.settings",
+                  "--host", HOST, "--port", str(self.sub_addr[1])]
+        pub = [PY, os.path.join(APPS, "signalbus_direct_pub.py"), str(self.pub_addr[1]),
+               self.broker_url]
+        return [(worker, env), (pub, env)]
+
+
+class SignalbusDirect2(SignalbusDirect):
+    """``signalbus-direct`` with ``signalbus worker --workers 2``."""
+
+    name = "signalbus-direct-w2"
+    sub_addr = (HOST, 18098)
+    pub_addr = (HOST, 18099)
+    broker_url = f"zmq://{HOST}:18100"
+
+    def commands(self):
+        (worker, env), pub = super().commands()
+        return [([*worker, "--workers", "2"], env), pub]
