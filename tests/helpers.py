@@ -356,6 +356,14 @@ def send(broker: Any, topic: str, data: object = None, **kwargs: Any) -> Event:
     return event
 
 
+def metric(worker: WorkerProcess, name: str) -> float:
+    """One unlabelled figure of the worker's ``/metrics``."""
+    for line in httpx.get(worker.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
 def events_url(worker: WorkerProcess, *patterns: str, **params: str) -> str:
     query = httpx.QueryParams([("topic", p) for p in patterns] + list(params.items()))
     return f"{worker.url}/events?{query}"

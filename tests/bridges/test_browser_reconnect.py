@@ -8,13 +8,12 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from brokers.zeromq import ZeroMQBroker
 from tests.browser import Chromium, chromium_or_skip
 
-from ..helpers import WorkerProcess, send, wait_for
+from ..helpers import metric, send, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,12 +24,6 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
     yield chromium
     chromium.close()
 
-
-def open_streams(worker: WorkerProcess) -> float:
-    metrics = httpx.get(f"{worker.url}/metrics").text
-    found = re.search(r"^signalbus_sse_streams (\S+)$", metrics, re.MULTILINE)
-    assert found is not None
-    return float(found.group(1))
 
 
 def test_an_expired_token_is_renewed_and_the_stream_resumes_without_loss(
@@ -47,14 +40,14 @@ def test_an_expired_token_is_renewed_and_the_stream_resumes_without_loss(
     broker = ZeroMQBroker(worker.broker_url, connect_timeout=5)
     try:
         browser.goto(f"{live_server.url}/bus-page/?ttl=2")
-        wait_for(lambda: open_streams(worker) == 1, timeout=15)
+        wait_for(lambda: metric(worker, "signalbus_sse_streams") == 1, timeout=15)
         user = re.search(r"user\.(\d+)\.", browser.evaluate("window.streams[0]")).group(1)
         topic = f"user.{user}.inbox"
         first = send(broker, topic)
         wait_for(lambda: browser.evaluate("window.got") == [first.id])
         # The token expires: the worker ends the stream, the browser's own reconnect
         # gets 401, and the helper fetches a fresh token from the site.
-        wait_for(lambda: open_streams(worker) == 0, timeout=10)
+        wait_for(lambda: metric(worker, "signalbus_sse_streams") == 0, timeout=10)
         missed = [send(broker, topic), send(broker, topic)]
         wait_for(lambda: len(browser.evaluate("window.got")) == 3, timeout=15)
         live = send(broker, topic)

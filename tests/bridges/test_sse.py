@@ -21,6 +21,7 @@ from ..helpers import (
     WorkerProcess,
     child_env,
     events_url,
+    metric,
     raw_request,
     send,
     wait_for,
@@ -198,21 +199,15 @@ def test_slow_client_is_disconnected_while_another_keeps_up(tmp_path):
 def test_health_readiness_and_metrics(shared_worker, publisher):
     assert httpx.get(shared_worker.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(shared_worker.url + "/readyz").status_code == 200
-    before = _metric(shared_worker, "signalbus_events_received_total")
+    before = metric(shared_worker, "signalbus_events_received_total")
     with SSEReader(events_url(shared_worker, "shop.m.#")) as reader:
         send(publisher, "shop.m.1")
         reader.get()
-        assert _metric(shared_worker, "signalbus_sse_streams") >= 1
-    assert _metric(shared_worker, "signalbus_events_received_total") == before + 1
-    assert 0 < _metric(shared_worker, "signalbus_delivery_lag_seconds") < 5
-    assert _metric(shared_worker, "signalbus_broker_ready") == 1
+        assert metric(shared_worker, "signalbus_sse_streams") >= 1
+    assert metric(shared_worker, "signalbus_events_received_total") == before + 1
+    assert 0 < metric(shared_worker, "signalbus_delivery_lag_seconds") < 5
+    assert metric(shared_worker, "signalbus_broker_ready") == 1
 
-
-def _metric(worker: WorkerProcess, name: str) -> float:
-    for line in httpx.get(worker.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_head_request_answers_without_streaming(shared_worker):

@@ -13,7 +13,6 @@ import contextlib
 import socket
 import threading
 import time
-from typing import Any
 
 import httpx
 import uvicorn
@@ -23,7 +22,16 @@ from signalbus.conf import Settings
 from signalbus.events import Event
 from signalbus.hub import Hub, Subscription
 
-from ..helpers import HOST, SSEReader, WorkerProcess, events_url, free_port, send, wait_for
+from ..helpers import (
+    HOST,
+    SSEReader,
+    WorkerProcess,
+    events_url,
+    free_port,
+    metric,
+    send,
+    wait_for,
+)
 
 REQUEST = b"GET /events?topic=shop.%23 HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n"
 
@@ -115,12 +123,6 @@ def _send_buffer_max() -> int:
         return int(limits.read().split()[2])
     return 4 << 20
 
-
-def metric(worker: Any, name: str) -> float:
-    for line in httpx.get(worker.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 # -- keep-alive ----------------------------------------------------------------------------

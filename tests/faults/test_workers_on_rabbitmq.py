@@ -14,7 +14,7 @@ import pytest
 
 from brokers.amqp import AMQPBroker
 from signalbus import PublishError
-from tests.helpers import SSEReader, send, wait_for
+from tests.helpers import SSEReader, metric, send, wait_for
 from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.amqp
@@ -26,12 +26,6 @@ def broker(exchange: str) -> Iterator[AMQPBroker]:
     yield broker
     broker.close()
 
-
-def metric(worker: Any, name: str) -> float:
-    for line in httpx.get(worker.url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
 
 
 def test_two_workers_each_deliver_every_event_to_their_own_clients(

@@ -21,7 +21,7 @@ import pytest
 from brokers.zeromq import ZeroMQBroker
 from signalbus.tokens import issue_token
 
-from ..helpers import HOST, RawStream, WorkerProcess, send, status_of, wait_for
+from ..helpers import HOST, RawStream, WorkerProcess, metric, send, status_of, wait_for
 
 LIMITS = {
     "MAX_CONNECTIONS": 6,
@@ -47,11 +47,6 @@ def worker(limited: WorkerProcess) -> Iterator[WorkerProcess]:
     yield limited
     wait_for(lambda: metric(limited, "signalbus_sse_streams") == 0)
 
-
-def metric(worker: WorkerProcess, name: str) -> float:
-    text = httpx.get(f"{worker.url}/metrics").text
-    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def error_of(stream: RawStream) -> str:
