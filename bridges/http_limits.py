@@ -11,6 +11,11 @@ complete, everything is uvicorn's own.
 - A head begun but not complete within ``HEADER_TIMEOUT``: 408, closed. A
   connection that has sent nothing by then is closed without a word (browsers
   open spare connections and may never use them).
+
+It also hands each request's cycle to the app, as
+``scope["extensions"]["signalbus.direct"]["cycle"]``: an SSE stream writes its chunks
+straight to the cycle's transport when it can (`bridges.sse_response`), which spares
+uvicorn's per-message work on every event.
 """
 
 from __future__ import annotations
@@ -64,6 +69,11 @@ def head_limited_protocol(
         def on_headers_complete(self) -> None:
             self._end_head()
             super().on_headers_complete()
+            cycle = self.cycle
+            if cycle is not None and cycle.scope is self.scope:  # not an upgrade
+                # Set before the app's task first runs: it was only scheduled.
+                extensions = self.scope.setdefault("extensions", {})
+                extensions["signalbus.direct"] = {"cycle": cycle}
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -17,6 +17,14 @@ around every send for its ``send_timeout``). Deliberate differences:
   quietly once the client is gone), so that an idle stream ends at once. A writer task
   of the stream's own does every write: resuming it walks two coroutine frames, where
   resuming the server's task walks one per middleware layer.
+- **Direct writes.** Under the worker's own uvicorn protocol (`bridges.http_limits`), which
+  hands the request's cycle over in the scope, each live batch is written as one chunk
+  straight to the transport by the hub's flush, without a task switch or an ASGI message:
+  only while the transport is not paused, the connection open and the writer task idle
+  with nothing in hand, so that order holds. Otherwise the batch goes to the writer task
+  and ASGI ``send`` as before, which waits for the client (back-pressure, and the send
+  timeout below). The head, ``retry:``, the replay and the last chunk always go through
+  ``send``, so uvicorn's state stays its own.
 - No ``Connection: keep-alive`` header: HTTP/1.1 connections are persistent anyway, and
   HTTP/2 forbids the header.
 - Shutdown needs no watcher of its own: the worker closes every subscription
@@ -34,8 +42,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from starlette.types import Message, Receive, Scope, Send
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    from signalbus.hub import Hub, Subscription
+    from signalbus.hub import DirectWriter, Hub, Subscription
 
 __all__ = ["PING", "SSEResponse", "StreamClock", "StreamStats"]
 
@@ -180,7 +189,8 @@ class SSEResponse:
         # response to end), and a task of its own, two frames deep, does every write.
         loop = asyncio.get_running_loop()
         self._server_task = task = asyncio.current_task()
-        writer = loop.create_task(self._stream(send))
+        direct = scope.get("extensions", {}).get("signalbus.direct")
+        writer = loop.create_task(self._stream(send, direct["cycle"] if direct else None))
         writer.add_done_callback(self._on_writer_done)
         expiry = None
         if self._expires is not None:
@@ -207,6 +217,7 @@ class SSEResponse:
             self.clock.discard(self)
             stats.open -= 1
             self._hub.unsubscribe(self.sub)
+            self.sub.writer = None  # it refers to this response: no cycle left for the GC
             if self._on_end is not None:
                 self._on_end()
             self._server_task = None
@@ -217,7 +228,7 @@ class SSEResponse:
         if not writer.cancelled() and writer.exception() is not None:
             self._end("writer failed")
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, cycle: RequestResponseCycle | None) -> None:
         start: Message = {"type": "http.response.start", "status": 200, "headers": self._headers}
         self._headers = []
         try:
@@ -229,6 +240,8 @@ class SSEResponse:
                 await self._write(send, b"".join(first[at : at + REPLAY_CHUNK]))
             del first
             sub, clock = self.sub, self.clock
+            if cycle is not None:
+                sub.writer = self._direct_writer(cycle)
             while (batch := await sub.next_batch()) is not None:
                 # The two writes the clock reads, instead of a timer around the send.
                 self.mark = clock.tick
@@ -246,6 +259,22 @@ class SSEResponse:
                 await self._write(send, b"", more_body=False)
         except OSError:
             pass  # ASGI 2.4 servers raise it from send() once the client is gone
+
+    def _direct_writer(self, cycle: RequestResponseCycle) -> DirectWriter | None:
+        """Writes one chunk of the response to its transport, as uvicorn's ``send`` would,
+        unless the client is behind or gone; None when the response is not chunked."""
+        if not cycle.chunked_encoding:
+            return None
+        transport, flow, clock = cycle.transport, cycle.flow, self.clock
+
+        def write(data: bytes) -> bool:
+            if flow.write_paused or cycle.disconnected or transport.is_closing():
+                return False
+            self.mark = clock.tick
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            return True
+
+        return write
 
     async def _write(self, send: Send, body: bytes, *, more_body: bool = True) -> None:
         self.mark = self.clock.tick

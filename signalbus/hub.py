@@ -6,6 +6,13 @@ Each event's SSE frame is encoded once and the same bytes are queued for
 every subscriber. A bounded replay buffer, in arrival order, serves
 ``Last-Event-ID``; because subscribing and replaying happen in one step on
 the loop, a resumed stream has no gap and no duplicate.
+
+Frames are handed on once per burst, not once per event: a subscription that
+gets its first frame since it was last flushed is noted, and one ``call_soon``
+flushes every noted subscription when the burst's callbacks are done. The
+flush gives a subscription's frames, joined, to its direct writer when it has
+one and its reader is idle (the HTTP layer writes them to the socket there and
+then); otherwise it wakes the reader, which takes them with ``next_batch``.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import dataclasses
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .events import Event, new_event_id
@@ -30,16 +37,38 @@ def sse_frame(event_id: str, body: bytes) -> bytes:
     return b"id: " + event_id.encode("ascii") + b"\ndata: " + body + b"\n\n"
 
 
+DirectWriter = Callable[[bytes], bool]
+"""Writes frames at once and returns True, or returns False to leave them to ``next_batch``."""
+
+
 class Subscription:
     """One stream's queue of frames, bounded: past ``limit`` it is closed, not slowed."""
 
-    __slots__ = ("_pending", "_waiter", "closed", "limit", "patterns", "reason")
+    __slots__ = (
+        "_on_queued",
+        "_pending",
+        "_waiter",
+        "closed",
+        "limit",
+        "patterns",
+        "reason",
+        "writer",
+    )
 
-    def __init__(self, patterns: tuple[str, ...], limit: int) -> None:
+    def __init__(
+        self,
+        patterns: tuple[str, ...],
+        limit: int,
+        on_queued: Callable[[Subscription], None] | None = None,
+    ) -> None:
+        """``on_queued``: called with the subscription when a frame is queued on an empty
+        queue, to have it flushed later; without it, each frame wakes the reader at once."""
         self.patterns = patterns
         self.limit = limit
         self.closed = False
         self.reason = ""
+        self.writer: DirectWriter | None = None
+        self._on_queued = on_queued
         self._pending: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -47,12 +76,41 @@ class Subscription:
         """Queue one frame; False when that closed the subscription for overflow."""
         if self.closed:
             return True
-        if len(self._pending) >= self.limit:
+        pending = self._pending
+        if len(pending) >= self.limit:
             self.close("overflow")
             return False
-        self._pending.append(frame)
-        self._wake()
+        pending.append(frame)
+        if self._on_queued is None:
+            self._wake()
+        elif len(pending) == 1:
+            self._on_queued(self)
         return True
+
+    def flush(self) -> None:
+        """Hand the queued frames on: to the direct writer when the reader is idle and the
+        writer takes them, else to the reader. A frame written directly is never behind
+        one the reader holds: the reader waits in ``next_batch`` with nothing in hand."""
+        pending = self._pending
+        if not pending or self.closed:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # the reader is busy (or already woken): it takes them next
+        writer = self.writer
+        if writer is None:
+            waiter.set_result(None)
+            return
+        try:
+            written = writer(pending[0] if len(pending) == 1 else b"".join(pending))
+        except Exception as exc:  # the reader's next_batch raises it: its stream ends
+            self.writer = None
+            waiter.set_exception(exc)
+            return
+        if written:
+            self._pending = []
+        else:
+            waiter.set_result(None)
 
     def close(self, reason: str) -> None:
         if not self.closed:
@@ -114,6 +172,7 @@ class Hub:
         self._index: dict[str, int] = {self._origin: 0}
         self._by_pattern: dict[str, set[Subscription]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
+        self._queued: list[Subscription] = []
 
     @property
     def subscriptions(self) -> int:
@@ -152,7 +211,7 @@ class Hub:
         self, patterns: tuple[str, ...], last_event_id: str | None = None
     ) -> tuple[Subscription, list[bytes]]:
         """A live subscription and the frames to send before it (replay, or a reset event)."""
-        sub = Subscription(patterns, self.queue_size)
+        sub = Subscription(patterns, self.queue_size, self._on_queued)
         for pattern in patterns:
             if pattern not in self._by_pattern:
                 self._by_pattern[pattern] = set()
@@ -188,6 +247,24 @@ class Hub:
             sub.close(reason)
         self._by_pattern.clear()
         self._routes.clear()
+
+    def _on_queued(self, sub: Subscription) -> None:
+        queued = self._queued
+        queued.append(sub)
+        if len(queued) == 1:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                queued.clear()  # no loop, so no reader waiting: ``next_batch`` finds them
+                return
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Once per burst: every subscription that got frames since the last flush.
+        A subscription is listed again if its reader emptied it mid-burst: harmless."""
+        queued, self._queued = self._queued, []
+        for sub in queued:
+            sub.flush()
 
     def _hold(self, event_id: str, topic: str, frame: bytes) -> None:
         held = self._held

@@ -13,11 +13,15 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
+import pytest
 import uvicorn
 
+from bridges.http_limits import head_limited_protocol
 from bridges.sse import create_app
+from bridges.sse_response import SSEResponse
 from signalbus.conf import Settings
 from signalbus.events import Event
 from signalbus.hub import Hub, Subscription
@@ -38,9 +42,12 @@ REQUEST = b"GET /events?topic=shop.%23 HTTP/1.1\r\nHost: " + HOST.encode() + b"\
 
 class AppServer:
     """`bridges.sse.create_app` served by uvicorn on a loopback port, in a thread with its
-    own event loop; events go to its hub through that loop."""
+    own event loop; events go to its hub through that loop. ``direct``: on the worker's
+    own protocol, which lets streams write straight to the socket; else uvicorn's."""
 
-    def __init__(self, *, send_timeout: float = 30.0, keepalive: float = 15.0) -> None:
+    def __init__(
+        self, *, send_timeout: float = 30.0, keepalive: float = 15.0, direct: bool = True
+    ) -> None:
         self.hub = Hub()
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -48,6 +55,7 @@ class AppServer:
         app = create_app(self.hub, settings, ready=lambda: True, send_timeout=send_timeout)
         config = uvicorn.Config(
             app,
+            http=head_limited_protocol(16_384, 10.0, {}) if direct else "httptools",
             host=HOST,
             port=self.port,
             lifespan="off",
@@ -232,15 +240,26 @@ def test_shutdown_ends_idle_busy_and_stuck_streams_within_5_s(tmp_path):
 # -- a failing writer ----------------------------------------------------------------------
 
 
-def test_an_error_in_a_stream_ends_it_logged_and_unsubscribed(monkeypatch, caplog):
-    with AppServer() as server:
+@pytest.mark.parametrize("direct", [False, True], ids=["writer task", "direct writer"])
+def test_an_error_in_a_stream_ends_it_logged_and_unsubscribed(monkeypatch, caplog, direct):
+    with AppServer(direct=direct) as server:
+        if direct:
+
+            def broken_writer(self: SSEResponse, cycle: object) -> Callable[[bytes], bool]:
+                def write(data: bytes) -> bool:
+                    raise RuntimeError("the hub broke")
+
+                return write
+
+            monkeypatch.setattr(SSEResponse, "_direct_writer", broken_writer)
         sock = open_stream(server.port)
         wait_for(lambda: server.metric("signalbus_sse_streams") == 1, timeout=5)
 
         async def broken(self: Subscription) -> None:
             raise RuntimeError("the hub broke")
 
-        monkeypatch.setattr(Subscription, "next_batch", broken)
+        if not direct:
+            monkeypatch.setattr(Subscription, "next_batch", broken)
         server.publish("shop.x")  # wakes the stream, whose next wait now fails
         sock.settimeout(5)
         while sock.recv(65536):  # the server closes the connection
@@ -249,3 +268,102 @@ def test_an_error_in_a_stream_ends_it_logged_and_unsubscribed(monkeypatch, caplo
         wait_for(lambda: server.metric("signalbus_sse_streams") == 0, timeout=5)
         assert server.hub.subscriptions == 0
     assert "the hub broke" in caplog.text
+
+
+# -- direct writes ---------------------------------------------------------------------------
+
+
+def read_to_end(
+    sock: socket.socket,
+    data: bytes = b"",
+    *,
+    until: bytes = b"\r\n0\r\n\r\n",
+    pace: float = 0.0,
+    timeout: float = 30,
+) -> bytes:
+    """``data`` and what the server writes after it (at least one read) until ``until``
+    ends it (by default, the response's last chunk), reading every ``pace`` seconds."""
+    deadline = time.monotonic() + timeout
+    start = len(data)
+    while len(data) == start or not data.endswith(until):
+        assert time.monotonic() < deadline, data[-200:]
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the end"
+        data += chunk
+        time.sleep(pace)
+    return data
+
+
+def dechunk(response: bytes) -> bytes:
+    """The body of a chunked HTTP response, checking its framing on the way."""
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    body = b""
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        assert rest[size : size + 2] == b"\r\n", rest[size : size + 10]
+        if size == 0:
+            assert rest == b"\r\n"
+            return body
+        body, rest = body + rest[:size], rest[size + 2 :]
+
+
+def event_ids(body: bytes) -> list[str]:
+    return [line[4:].decode() for line in body.split(b"\n") if line.startswith(b"id: ")]
+
+
+def test_events_keep_their_order_when_a_slow_client_switches_between_direct_and_queued():
+    """A client that reads slowly fills its socket, so the stream falls back to its writer
+    task and back again as it drains: each event arrives once, in order."""
+    with AppServer() as server, socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.connect((HOST, server.port))
+        sock.sendall(REQUEST)
+        wait_for(lambda: server.metric("signalbus_sse_streams") == 1, timeout=5)
+        sent: list[Event] = []
+
+        def publish() -> None:
+            for i in range(300):  # ~6 MB at ~2 MB/s, read at ~1 MB/s: paused, then not
+                sent.append(server.publish(f"shop.big.{i}", {"pad": "x" * 20_000}))
+                if i % 20 == 19:
+                    time.sleep(0.2)
+            for i in range(50):
+                sent.append(server.publish(f"shop.small.{i}"))
+                time.sleep(0.01)
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        response = b""
+        deadline = time.monotonic() + 60
+        while b"shop.small.49" not in response[-1000:]:
+            assert time.monotonic() < deadline, response[-200:]
+            response = read_to_end(sock, response, until=b"\n\n\r\n", pace=0.05, timeout=60)
+        publisher.join()
+        server.loop.call_soon_threadsafe(server.hub.close_all)
+        response = read_to_end(sock, response, timeout=10)
+        assert server.metric("signalbus_slow_client_disconnects_total") == 0
+    body = dechunk(response)
+    assert body.startswith(b"retry: ")
+    assert event_ids(body) == [e.id for e in sent]
+
+
+def test_http_1_0_stream_gets_its_events_and_a_complete_response():
+    """uvicorn answers HTTP/1.0 with a chunked response and closes after it: the direct
+    chunks and uvicorn's last one frame one valid body."""
+    with AppServer() as server, socket.socket() as sock:
+        sock.connect((HOST, server.port))
+        sock.sendall(REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        wait_for(lambda: server.metric("signalbus_sse_streams") == 1, timeout=5)
+        sent = []
+        for i in range(5):
+            sent.append(server.publish(f"shop.old.{i}"))
+            time.sleep(0.02)
+        time.sleep(0.2)
+        server.loop.call_soon_threadsafe(server.hub.close_all)
+        response = read_to_end(sock, timeout=10)
+        sock.settimeout(5)
+        assert sock.recv(1) == b""  # not kept alive
+    assert b"connection: close" in response.lower().partition(b"\r\n\r\n")[0]
+    assert event_ids(dechunk(response)) == [e.id for e in sent]

@@ -335,3 +335,96 @@ async def test_reset_all_tells_every_stream_to_refetch_and_forgets_the_gap() -> 
     after = publish(hub, "a.2")
     _, replay = hub.subscribe(("#",), last_event_id=reset_id)
     assert ids(replay) == [after.id]
+
+
+# -- direct writers -----------------------------------------------------------------------
+
+
+class Writer:
+    """A direct writer that takes what it is given while ``accepting``."""
+
+    def __init__(self) -> None:
+        self.accepting = True
+        self.writes: list[bytes] = []
+
+    def __call__(self, data: bytes) -> bool:
+        if self.accepting:
+            self.writes.append(data)
+        return self.accepting
+
+
+def frame_ids(data: bytes) -> list[str]:
+    return [parse(f + b"\n\n")[0] for f in data.split(b"\n\n")[:-1]]
+
+
+async def idle_reader(sub: Subscription, got: list[list[bytes] | None]) -> None:
+    with anyio.fail_after(2):
+        while (frames := await sub.next_batch()) is not None:
+            got.append(frames)
+    got.append(None)
+
+
+async def test_a_burst_goes_to_an_idle_reader_s_direct_writer_as_one_write() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.*",))
+    sub.writer = writer = Writer()
+    got: list[list[bytes] | None] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle_reader, sub, got)
+        await anyio.sleep(0.01)
+        burst = [publish(hub, f"a.{i}") for i in range(5)]
+        assert writer.writes == []  # flushed once the burst is over, not per event
+        await anyio.sleep(0.01)
+        assert [frame_ids(w) for w in writer.writes] == [[e.id for e in burst]]
+        single = publish(hub, "a.x")
+        await anyio.sleep(0.01)
+        assert frame_ids(writer.writes[-1]) == [single.id]
+        hub.unsubscribe(sub)
+    assert got == [None]  # the reader only saw the end
+
+
+async def test_frames_a_direct_writer_refuses_go_to_the_reader_in_order() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.*",))
+    sub.writer = writer = Writer()
+    got: list[list[bytes] | None] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle_reader, sub, got)
+        await anyio.sleep(0.01)
+        first = publish(hub, "a.1")
+        await anyio.sleep(0.01)
+        writer.accepting = False
+        refused = [publish(hub, "a.2"), publish(hub, "a.3")]
+        await anyio.sleep(0.01)
+        writer.accepting = True
+        last = publish(hub, "a.4")
+        await anyio.sleep(0.01)
+        hub.unsubscribe(sub)
+    assert [frame_ids(w) for w in writer.writes] == [[first.id], [last.id]]
+    assert [ids(b) for b in got[:-1]] == [[e.id for e in refused]]  # type: ignore[arg-type]
+
+
+async def test_direct_writer_waits_while_the_reader_holds_a_batch() -> None:
+    """The reader may still be writing what it took: a direct write now would overtake it."""
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.*",))
+    sub.writer = writer = Writer()
+    held = publish(hub, "a.1")
+    assert ids(await batch(sub)) == [held.id]  # type: ignore[arg-type]
+    later = publish(hub, "a.2")  # the reader is not waiting: it is busy with a.1
+    await anyio.sleep(0.01)
+    assert writer.writes == []
+    assert ids(await batch(sub)) == [later.id]  # type: ignore[arg-type]
+
+
+def test_frames_queued_with_no_event_loop_wait_for_the_reader() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a",))
+    sub.writer = writer = Writer()
+    events = [publish(hub, "a") for _ in range(3)]
+    assert writer.writes == []
+
+    async def read() -> list[bytes] | None:
+        return await batch(sub)
+
+    assert ids(anyio.run(read)) == [e.id for e in events]  # type: ignore[arg-type]
