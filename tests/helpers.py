@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
 
@@ -309,6 +310,20 @@ class RawStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@asynccontextmanager
+async def consuming(consumer: Any) -> AsyncIterator[Received]:
+    """A started consumer running as a task on this loop, closed on exit."""
+    await consumer.start()
+    received = Received()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer.run, received.deliver)
+            yield received
+            tg.cancel_scope.cancel()
+    finally:
+        await consumer.aclose()
 
 
 def status_of(raw: bytes) -> int:

@@ -17,8 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -32,7 +31,16 @@ from brokers.amqp import AMQPBroker, headline
 from brokers.amqp_consumer import AMQPConsumer
 from signalbus import BrokerUnavailable, ConfigurationError, Event, PublishError
 from tests.faults.proxy import TCPProxy
-from tests.helpers import HOST, ROOT, Received, SSEReader, child_env, free_port, send, wait_for
+from tests.helpers import (
+    HOST,
+    ROOT,
+    SSEReader,
+    child_env,
+    consuming,
+    free_port,
+    send,
+    wait_for,
+)
 from tests.rabbitmq import AMQP_URL
 
 pytestmark = pytest.mark.anyio
@@ -99,17 +107,6 @@ class PlainConsumer:
         self.close()
 
 
-@asynccontextmanager
-async def consuming(consumer: Any) -> AsyncIterator[Received]:
-    await consumer.start()
-    received = Received()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consumer.run, received.deliver)
-            yield received
-            tg.cancel_scope.cancel()
-    finally:
-        await consumer.aclose()
 
 
 async def until(predicate: Any) -> None:

@@ -17,8 +17,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 
 import anyio
 import pytest
@@ -27,7 +26,7 @@ from brokers.base import Broker
 from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
 from signalbus import BrokerUnavailable
-from tests.helpers import HOST, ROOT, Received, free_port, send
+from tests.helpers import HOST, ROOT, consuming, free_port, send
 from tests.rabbitmq import amqp_url
 
 pytestmark = pytest.mark.anyio
@@ -66,26 +65,13 @@ def broker(url: str) -> Iterator[Broker]:
     broker.close()
 
 
-@asynccontextmanager
-async def consuming(broker: Broker, patterns: Sequence[str]) -> AsyncIterator[Received]:
-    """A started consumer running as a task on this loop, closed on exit."""
-    consumer = broker.consumer(patterns)
-    await consumer.start()
-    received = Received()
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consumer.run, received.deliver)
-            yield received
-            tg.cancel_scope.cancel()
-    finally:
-        await consumer.aclose()
 
 
 # -- every transport ----------------------------------------------------------------------
 
 
 async def test_consumer_receives_what_another_thread_publishes(broker: Broker) -> None:
-    async with consuming(broker, ["#"]) as received:
+    async with consuming(broker.consumer(["#"])) as received:
         event = await anyio.to_thread.run_sync(send, broker, "shop.order.42.updated", {"a": 1})
         await received.wait_for(1)
     assert received.items == [("shop.order.42.updated", event)]
@@ -107,7 +93,7 @@ async def test_consumer_receives_only_topics_matching_its_patterns(broker: Broke
         for topic in topics:
             send(broker, topic)
 
-    async with consuming(broker, ["shop.order.*", "billing.#"]) as received:
+    async with consuming(broker.consumer(["shop.order.*", "billing.#"])) as received:
         await anyio.to_thread.run_sync(publish_all)
         await received.wait_for_topic("billing.done")
         await anyio.sleep(0.05)  # room for a wrongly delivered straggler to show up
@@ -118,7 +104,7 @@ async def test_many_events_arrive_in_order(broker: Broker) -> None:
     def publish_all() -> list[str]:
         return [send(broker, f"load.{i}", {"i": i}).id for i in range(1_000)]
 
-    async with consuming(broker, ["load.*"]) as received:
+    async with consuming(broker.consumer(["load.*"])) as received:
         sent = await anyio.to_thread.run_sync(publish_all)
         await received.wait_for(len(sent))
     assert received.ids == sent
@@ -140,7 +126,7 @@ async def test_publish_is_safe_from_several_threads(broker: Broker) -> None:
         for thread in threads:
             thread.join()
 
-    async with consuming(broker, ["thread.#"]) as received:
+    async with consuming(broker.consumer(["thread.#"])) as received:
         await anyio.to_thread.run_sync(publish_from_threads)
         await received.wait_for(400)
     assert sorted(received.ids) == sorted(i for ids in sent for i in ids)
@@ -182,7 +168,7 @@ def zmq_broker() -> Iterator[ZeroMQBroker]:
 
 
 async def test_short_lived_publisher_process_delivers_its_event(zmq_broker: ZeroMQBroker) -> None:
-    async with consuming(zmq_broker, ["short.#"]) as received:
+    async with consuming(zmq_broker.consumer(["short.#"])) as received:
         done = await anyio.run_process(
             [sys.executable, "-c", SHORT_LIVED_PUBLISHER, zmq_broker.url, str(CONNECT_TIMEOUT)],
             cwd=ROOT,
@@ -238,7 +224,7 @@ async def test_second_consumer_on_the_same_address_is_told_it_is_in_use(
 
 
 async def test_publisher_keeps_working_across_a_worker_restart(zmq_broker: ZeroMQBroker) -> None:
-    async with consuming(zmq_broker, ["#"]) as before:
+    async with consuming(zmq_broker.consumer(["#"])) as before:
         first = await anyio.to_thread.run_sync(send, zmq_broker, "restart.before")
         await before.wait_for(1)
     assert before.ids == [first.id]
@@ -246,7 +232,7 @@ async def test_publisher_keeps_working_across_a_worker_restart(zmq_broker: ZeroM
     # Same address, new worker; the publisher is not restarted. 0MQ reconnects on its
     # own; events sent before the new worker's subscription arrives are dropped (and
     # counted), so publish until one gets through.
-    async with consuming(zmq_broker, ["#"]) as after:
+    async with consuming(zmq_broker.consumer(["#"])) as after:
         with anyio.fail_after(WAIT):
             while not after.items:
                 await anyio.to_thread.run_sync(send, zmq_broker, "restart.after")
