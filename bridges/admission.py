@@ -63,17 +63,27 @@ class Admission:
         self._by_user: Counter[str] = Counter()
         self._by_address: Counter[str] = Counter()
 
-    def check_address(self, address: str | None) -> Refusal | None:
-        """Checked before the credentials: a flood from one address costs no session lookup."""
-        limit = self.settings.max_connections_per_address
-        if self._is_proxy(address):
+    def client(self, address: str | None) -> str | None:
+        """The key the per-address limit counts: the address, or None for a trusted proxy
+        (or no address at all). Resolved once per request."""
+        if address is None or self._proxies is None:
             return None
-        if address is not None and self._by_address[address] >= limit:
-            return Refusal(429, f"{limit} streams are open from {address}; the limit is {limit}")
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        return None if any(ip in network for network in self._proxies) else address
+
+    def check_address(self, client: str | None) -> Refusal | None:
+        """Checked before the credentials too: a flood from one address costs no session
+        lookup. ``client`` is what `client` gave."""
+        limit = self.settings.max_connections_per_address
+        if client is not None and self._by_address[client] >= limit:
+            return Refusal(429, f"{limit} streams are open from {client}; the limit is {limit}")
         return None
 
-    def admit(self, user: str | None, address: str | None) -> Ticket | Refusal:
-        refusal = self.check_address(address)
+    def admit(self, user: str | None, client: str | None) -> Ticket | Refusal:
+        refusal = self.check_address(client)  # again: others may have opened since
         if refusal is not None:
             return refusal
         limit = self.settings.max_connections_per_user
@@ -91,11 +101,9 @@ class Admission:
         self.open += 1
         if user is not None:
             self._by_user[user] += 1
-        if address is not None and not self._is_proxy(address):
-            self._by_address[address] += 1
-        else:
-            address = None
-        return Ticket(user, address)
+        if client is not None:
+            self._by_address[client] += 1
+        return Ticket(user, client)
 
     def release(self, ticket: Ticket) -> None:
         self.open -= 1
@@ -104,15 +112,6 @@ class Admission:
                 counts[key] -= 1
                 if counts[key] <= 0:
                     del counts[key]
-
-    def _is_proxy(self, address: str | None) -> bool:
-        if self._proxies is None:
-            return True
-        try:
-            ip = ipaddress.ip_address(address or "")
-        except ValueError:
-            return False
-        return any(ip in network for network in self._proxies)
 
 
 def _networks(entries: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:

@@ -24,13 +24,12 @@ import asyncio
 import json
 import logging
 from collections.abc import MutableMapping
+from http import HTTPStatus
 from typing import Any
 
 __all__ = ["head_limited_protocol"]
 
 logger = logging.getLogger("signalbus.sse")
-
-_REASONS = {408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
 
 
 def head_limited_protocol(
@@ -106,7 +105,7 @@ def head_limited_protocol(
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"cache-control: no-store\r\nconnection: close\r\n\r\n%s"
-                % (status, _REASONS[status], len(body), body)
+                % (status, HTTPStatus(status).phrase.encode(), len(body), body)
             )
             self.transport.close()
 

@@ -129,8 +129,8 @@ def create_app(
         limit = settings.max_topics
         if len(patterns) > limit:
             return reject(400, f"{len(patterns)} topics asked; the limit is {limit}", cors)
-        address = request.client.host if request.client else None
-        refusal = admission.check_address(address)
+        client = admission.client(request.client.host if request.client else None)
+        refusal = admission.check_address(client)
         if refusal is not None:
             return refuse(refusal, cors)
         try:
@@ -142,7 +142,7 @@ def create_app(
             return reject(decision.status, decision.reason, cors)
         if request.method == "HEAD":
             return Response(media_type="text/event-stream", headers=cors)
-        ticket = admission.admit(decision.user, address)
+        ticket = admission.admit(decision.user, client)
         if isinstance(ticket, Refusal):
             return refuse(ticket, cors)
         sub, first = hub.subscribe(tuple(patterns), _last_event_id(request))
