@@ -59,6 +59,19 @@ _HEADERS = (
 )
 
 
+_last_chunk: tuple[bytes, bytes] = (b"", b"")
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk. The hub hands the same bytes to every stream of a
+    burst, so the chunk is built once per burst and shared, not once per stream."""
+    global _last_chunk
+    last = _last_chunk  # one read: another thread's loop may replace it meanwhile
+    if last[0] is not data:
+        _last_chunk = last = (data, b"%x\r\n%b\r\n" % (len(data), data))
+    return last[1]
+
+
 class StreamStats:
     """Counters of the endpoint itself, read by ``/metrics``."""
 
@@ -271,7 +284,7 @@ class SSEResponse:
             if flow.write_paused or cycle.disconnected or transport.is_closing():
                 return False
             self.mark = clock.tick
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            transport.write(_chunk(data))
             return True
 
         return write

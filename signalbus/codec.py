@@ -54,7 +54,10 @@ _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": 
 def dumps(value: Any) -> bytes:
     """One line of UTF-8 JSON; `InvalidEvent` for a value that has no lossless form."""
     try:
-        return _encode(value).translate(_LINE_BREAKS).encode("utf-8")
+        text = _encode(value)
+        if not text.isascii():  # the three line breaks are not ASCII
+            text = text.translate(_LINE_BREAKS)
+        return text.encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"cannot encode event: {exc}") from exc
 

@@ -7,12 +7,13 @@ every subscriber. A bounded replay buffer, in arrival order, serves
 ``Last-Event-ID``; because subscribing and replaying happen in one step on
 the loop, a resumed stream has no gap and no duplicate.
 
-Frames are handed on once per burst, not once per event: a subscription that
-gets its first frame since it was last flushed is noted, and one ``call_soon``
-flushes every noted subscription when the burst's callbacks are done. The
-flush gives a subscription's frames, joined, to its direct writer when it has
-one and its reader is idle (the HTTP layer writes them to the socket there and
-then); otherwise it wakes the reader, which takes them with ``next_batch``.
+Frames are handed on once per burst, not once per event: ``publish`` notes the frame
+and the subscriptions it is for, and one ``call_soon`` fans the burst's events out
+when the burst's callbacks are done. A subscription whose reader is idle, with a
+direct writer (the HTTP layer writes to the socket there and then), gets the burst
+in one write; when every event of the burst goes to the same subscriptions, the
+frames are joined once and the same bytes go to each. Otherwise the frames are
+queued, and the reader (woken) takes them with ``next_batch``.
 """
 
 from __future__ import annotations
@@ -42,13 +43,18 @@ DirectWriter = Callable[[bytes], bool]
 
 
 class Subscription:
-    """One stream's queue of frames, bounded: past ``limit`` it is closed, not slowed."""
+    """One stream's queue of frames, bounded: past ``limit`` it is closed, not slowed.
+
+    ``direct`` is the stream's writer while its reader waits in ``next_batch`` with
+    nothing queued, else None: a frame written through it can overtake nothing.
+    """
 
     __slots__ = (
         "_on_queued",
         "_pending",
         "_waiter",
         "closed",
+        "direct",
         "limit",
         "patterns",
         "reason",
@@ -68,6 +74,7 @@ class Subscription:
         self.closed = False
         self.reason = ""
         self.writer: DirectWriter | None = None
+        self.direct: DirectWriter | None = None
         self._on_queued = on_queued
         self._pending: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
@@ -81,16 +88,30 @@ class Subscription:
             self.close("overflow")
             return False
         pending.append(frame)
+        self.direct = None
         if self._on_queued is None:
             self._wake()
         elif len(pending) == 1:
             self._on_queued(self)
         return True
 
+    def write(self, data: bytes, frames: Iterable[bytes]) -> bool:
+        """``data`` (the ``frames``, joined) written at once when the reader is idle and the
+        writer takes it, else each frame queued; False when that closed it for overflow."""
+        direct = self.direct
+        if direct is not None:
+            try:
+                if direct(data):
+                    return True
+            except Exception as exc:
+                self._fail(exc)
+                return True
+        return all(self.push(frame) for frame in frames)
+
     def flush(self) -> None:
-        """Hand the queued frames on: to the direct writer when the reader is idle and the
-        writer takes them, else to the reader. A frame written directly is never behind
-        one the reader holds: the reader waits in ``next_batch`` with nothing in hand."""
+        """Hand the queued frames on: to the writer when the reader is idle and the writer
+        takes them, else to the reader. A frame written directly is never behind one the
+        reader holds: the reader waits in ``next_batch`` with nothing in hand."""
         pending = self._pending
         if not pending or self.closed:
             return
@@ -103,12 +124,12 @@ class Subscription:
             return
         try:
             written = writer(pending[0] if len(pending) == 1 else b"".join(pending))
-        except Exception as exc:  # the reader's next_batch raises it: its stream ends
-            self.writer = None
-            waiter.set_exception(exc)
+        except Exception as exc:
+            self._fail(exc)
             return
         if written:
-            self._pending = []
+            pending.clear()
+            self.direct = writer  # the reader still waits, now with nothing queued
         else:
             waiter.set_result(None)
 
@@ -120,18 +141,27 @@ class Subscription:
             self._wake()
 
     def _wake(self) -> None:
+        self.direct = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _fail(self, exc: Exception) -> None:
+        """The writer raised: the reader's ``next_batch`` raises it, and its stream ends."""
+        self.writer = self.direct = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
     async def next_batch(self) -> list[bytes] | None:
         """Every frame queued since the last call, or None once closed."""
         while not self._pending and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            self.direct = self.writer
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                self._waiter = self.direct = None
         if self.closed:
             return None
         batch, self._pending = self._pending, []
@@ -172,7 +202,9 @@ class Hub:
         self._index: dict[str, int] = {self._origin: 0}
         self._by_pattern: dict[str, set[Subscription]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
+        self._burst: list[tuple[bytes, tuple[Subscription, ...]]] = []
         self._queued: list[Subscription] = []
+        self._flush_due = False
 
     @property
     def subscriptions(self) -> int:
@@ -192,20 +224,16 @@ class Hub:
         patterns = self._route(topic)
         if not patterns:
             return
+        by_pattern = self._by_pattern
         if len(patterns) == 1:
-            targets: Iterable[Subscription] = self._by_pattern[patterns[0]]
+            targets = tuple(by_pattern[patterns[0]])
         else:
-            targets = {s for p in patterns for s in self._by_pattern[p]}
-        overflowed = []
-        count = 0
-        for sub in targets:
-            count += 1
-            if not sub.push(frame):
-                overflowed.append(sub)
-        self.stats.frames_queued += count - len(overflowed)
-        for sub in overflowed:
-            self.stats.overflow_disconnects += 1
-            self.unsubscribe(sub)
+            targets = tuple({s for p in patterns for s in by_pattern[p]})
+        # The subscriptions are taken now: one that subscribes before the flush has this
+        # event in its replay, and must not get it twice.
+        self._burst.append((frame, targets))
+        if len(self._burst) == 1:
+            self._schedule()
 
     def subscribe(
         self, patterns: tuple[str, ...], last_event_id: str | None = None
@@ -234,6 +262,7 @@ class Hub:
     def reset_all(self) -> None:
         """Events were lost upstream: forget what is held (a resume across the gap would
         skip them) and tell every open stream to refetch with a ``signalbus.reset``."""
+        self._fan_out()  # the events before the gap go first
         self._held.clear()
         self._origin = new_event_id()
         self._index = {self._origin: 0}
@@ -249,22 +278,61 @@ class Hub:
         self._routes.clear()
 
     def _on_queued(self, sub: Subscription) -> None:
-        queued = self._queued
-        queued.append(sub)
-        if len(queued) == 1:
+        self._queued.append(sub)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_due:
+            return
+        self._flush_due = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No loop, so no reader waiting: queue now, and ``next_batch`` finds the frames.
             try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                queued.clear()  # no loop, so no reader waiting: ``next_batch`` finds them
-                return
-            loop.call_soon(self._flush)
+                self._fan_out()
+            finally:
+                self._queued.clear()
+                self._flush_due = False
+            return
+        loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        """Once per burst: every subscription that got frames since the last flush.
-        A subscription is listed again if its reader emptied it mid-burst: harmless."""
-        queued, self._queued = self._queued, []
-        for sub in queued:
-            sub.flush()
+        """Once per burst: the burst's events, then every subscription that got frames
+        queued since the last flush. A subscription is listed again if its reader emptied
+        it mid-burst: harmless."""
+        try:
+            self._fan_out()
+            queued, self._queued = self._queued, []
+            for sub in queued:
+                sub.flush()
+        finally:
+            self._flush_due = False
+
+    def _fan_out(self) -> None:
+        """Each event of the burst to its subscriptions, in order: in one write to each
+        when the events are all for the same subscriptions, else queued one by one (and
+        joined by the flush)."""
+        burst, self._burst = self._burst, []
+        if not burst:
+            return
+        targets = burst[0][1]
+        if len(burst) == 1 or all(t == targets for _, t in burst[1:]):
+            frames = [frame for frame, _ in burst]
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            overflowed = [sub for sub in targets if not sub.write(data, frames)]
+            self._count(len(frames), targets, overflowed)
+        else:
+            for frame, targets in burst:
+                self._count(1, targets, [sub for sub in targets if not sub.push(frame)])
+
+    def _count(
+        self, frames: int, targets: tuple[Subscription, ...], overflowed: list[Subscription]
+    ) -> None:
+        self.stats.frames_queued += frames * (len(targets) - len(overflowed))
+        for sub in overflowed:
+            self.stats.overflow_disconnects += 1
+            self.unsubscribe(sub)
 
     def _hold(self, event_id: str, topic: str, frame: bytes) -> None:
         held = self._held

@@ -12,6 +12,8 @@ a worker thread (``anyio.to_thread``), as a Django process would.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import textwrap
 import threading
@@ -178,6 +180,51 @@ async def test_short_lived_publisher_process_delivers_its_event(zmq_broker: Zero
     assert (sent, dropped) == ("1", "0")
     assert received.ids == [event_id]
     assert received.topics == ["short.lived.1"]
+
+
+def _fork_and_send(broker: ZeroMQBroker, topic: str) -> int:
+    """Fork; the child publishes on the inherited broker object and leaves (closing it, as
+    its exit would). The child's exit code, or -1 if it did not exit within `WAIT`."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            send(broker, topic)
+            broker.close()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+async def test_a_forked_child_publishes_on_a_socket_of_its_own(zmq_broker: ZeroMQBroker) -> None:
+    """A pre-forking server: the child must not touch the parent's 0MQ socket (one socket
+    in two processes corrupts it), and the parent's socket is unharmed after."""
+    async with consuming(zmq_broker.consumer(["fork.#"])) as received:
+        await anyio.to_thread.run_sync(send, zmq_broker, "fork.parent.1")
+        code = await anyio.to_thread.run_sync(_fork_and_send, zmq_broker, "fork.child.1")
+        assert code == 0
+        await anyio.to_thread.run_sync(send, zmq_broker, "fork.parent.2")
+        await received.wait_for(3)
+    assert sorted(received.topics) == ["fork.child.1", "fork.parent.1", "fork.parent.2"]
+    assert zmq_broker.sent == 2
+
+
+def test_the_0mq_flags_written_as_ints_are_libzmq_s() -> None:
+    import zmq
+
+    from brokers import zeromq
+
+    assert (zeromq._EVENTS, zeromq._POLLIN) == (zmq.EVENTS, zmq.POLLIN)
+    assert (zeromq._NOBLOCK, zeromq._SNDMORE) == (zmq.NOBLOCK, zmq.SNDMORE)
 
 
 def test_publish_with_no_worker_logs_the_drop_and_counts_it(

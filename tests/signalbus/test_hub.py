@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -408,13 +409,74 @@ async def test_direct_writer_waits_while_the_reader_holds_a_batch() -> None:
     """The reader may still be writing what it took: a direct write now would overtake it."""
     hub = Hub()
     sub, _ = hub.subscribe(("a.*",))
-    sub.writer = writer = Writer()
     held = publish(hub, "a.1")
     assert ids(await batch(sub)) == [held.id]  # type: ignore[arg-type]
+    sub.writer = writer = Writer()
     later = publish(hub, "a.2")  # the reader is not waiting: it is busy with a.1
     await anyio.sleep(0.01)
     assert writer.writes == []
     assert ids(await batch(sub)) == [later.id]  # type: ignore[arg-type]
+
+
+async def test_a_frame_the_writer_refused_is_not_overtaken_while_the_reader_holds_it() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("a.*",))
+    sub.writer = writer = Writer()
+    writer.accepting = False
+    reader = asyncio.create_task(sub.next_batch())
+    await asyncio.sleep(0.01)
+    refused = publish(hub, "a.1")
+    assert ids(await reader) == [refused.id]  # type: ignore[arg-type]
+    writer.accepting = True
+    later = publish(hub, "a.2")  # the reader is still writing a.1
+    await asyncio.sleep(0.01)
+    assert writer.writes == []
+    assert ids(await batch(sub)) == [later.id]  # type: ignore[arg-type]
+
+
+async def test_a_burst_for_the_same_streams_is_joined_once_and_shared() -> None:
+    hub = Hub()
+    subs = [hub.subscribe(("a.*",))[0] for _ in range(3)]
+    writers = [Writer() for _ in subs]
+    for sub, writer in zip(subs, writers, strict=True):
+        sub.writer = writer
+    async with anyio.create_task_group() as tg:
+        for sub in subs:
+            tg.start_soon(idle_reader, sub, [])
+        await anyio.sleep(0.01)
+        burst = [publish(hub, f"a.{i}") for i in range(4)]
+        await anyio.sleep(0.01)
+        hub.close_all()
+    first = writers[0].writes
+    assert [frame_ids(w) for w in first] == [[e.id for e in burst]]
+    assert all(w.writes[0] is first[0] for w in writers)  # one join, the same bytes
+    assert hub.stats.frames_queued == 12
+
+
+async def test_a_burst_for_different_streams_gives_each_its_own_frames_in_one_write() -> None:
+    hub = Hub()
+    narrow, _ = hub.subscribe(("a.*",))
+    wide, _ = hub.subscribe(("a.*", "b.*"))
+    narrow.writer, wide.writer = narrow_writer, wide_writer = Writer(), Writer()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle_reader, narrow, [])
+        tg.start_soon(idle_reader, wide, [])
+        await anyio.sleep(0.01)
+        a1, b1, a2 = publish(hub, "a.1"), publish(hub, "b.1"), publish(hub, "a.2")
+        await anyio.sleep(0.01)
+        hub.close_all()
+    assert [frame_ids(w) for w in narrow_writer.writes] == [[a1.id, a2.id]]
+    assert [frame_ids(w) for w in wide_writer.writes] == [[a1.id, b1.id, a2.id]]
+
+
+async def test_reset_all_comes_after_the_events_published_before_it() -> None:
+    hub = Hub()
+    sub, _ = hub.subscribe(("#",))
+    before = publish(hub, "a.1")
+    hub.reset_all()
+    frames = await batch(sub) or []
+    assert [parse(f)[0] for f in frames][:1] == [before.id]
+    assert [parse(f)[1]["type"] for f in frames][1:] == ["signalbus.reset"]
 
 
 def test_frames_queued_with_no_event_loop_wait_for_the_reader() -> None:
