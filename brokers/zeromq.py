@@ -52,7 +52,7 @@ logger = logging.getLogger("signalbus.brokers.zeromq")
 LINGER_MS = 2_000
 # libzmq's ABI values (zmq.h), as plain ints: pyzmq's enum members cost more per
 # operation than the send they qualify.
-_EVENTS, _POLLIN, _NOBLOCK, _SNDMORE = 15, 1, 1, 2
+_EVENTS, _POLLIN, _NOBLOCK, _SNDMORE, _RCVMORE = 15, 1, 1, 2, 13
 _NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
 
 # Forks of this process so far, counted in each child: a socket made before the fork
@@ -268,7 +268,13 @@ class ZeroMQConsumer(Consumer):
         assert sock is not None
         loop = asyncio.get_running_loop()
         failed: asyncio.Future[None] = loop.create_future()
-        getsockopt, recv = sock.getsockopt, sock.recv_multipart
+        getsockopt, recv = sock.getsockopt, sock.recv
+
+        def receive() -> list[bytes]:  # recv_multipart, with int flags
+            frames = [recv(_NOBLOCK)]
+            while getsockopt(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
+            return frames
 
         def drain() -> None:
             # The descriptor only signals a change: read until 0MQ says nothing is left.
@@ -278,7 +284,7 @@ class ZeroMQConsumer(Consumer):
                 for _ in range(self.yield_every):
                     if not cast(int, getsockopt(_EVENTS)) & _POLLIN:
                         return
-                    self._take(recv(_NOBLOCK), deliver)
+                    self._take(receive(), deliver)
                 loop.call_soon(drain)
             except Exception as exc:  # the socket itself failed: the worker stops
                 if not failed.done():

@@ -27,7 +27,7 @@ import pytest
 from brokers.base import Broker
 from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
-from signalbus import BrokerUnavailable
+from signalbus import BrokerUnavailable, Event
 from tests.helpers import HOST, ROOT, consuming, free_port, send
 from tests.rabbitmq import amqp_url
 
@@ -218,13 +218,60 @@ async def test_a_forked_child_publishes_on_a_socket_of_its_own(zmq_broker: ZeroM
     assert zmq_broker.sent == 2
 
 
+def _send_raw(endpoint: str, messages: list[list[bytes]]) -> None:
+    """Send ``messages`` as they are, from a bare XPUB, once the consumer has subscribed."""
+    import zmq
+
+    context = zmq.Context()
+    sock = context.socket(zmq.XPUB)
+    try:
+        sock.connect(endpoint)
+        assert sock.poll(int(WAIT * 1000)), "the consumer never subscribed"
+        sock.recv()
+        for message in messages:
+            sock.send_multipart(message)
+    finally:
+        sock.close(linger=int(WAIT * 1000))
+        context.term()
+
+
+async def test_malformed_0mq_messages_are_counted_and_logged_and_the_next_one_delivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = ZeroMQBroker(zmq_url())
+    caplog.set_level(logging.WARNING)
+    good = Event.create("raw.good.1")
+    messages = [
+        [b"raw.bad.1"],
+        [b"raw.bad.2", b"{}", b"extra"],
+        ["raw.caf\u00e9".encode(), good.encode()],
+        [b"raw.bad.4", b"not json"],
+        [b"raw.good.1", good.encode()],
+    ]
+    consumer = broker.consumer(["raw.#"])
+    async with consuming(consumer) as received:
+        await anyio.to_thread.run_sync(_send_raw, broker.endpoint, messages)
+        await received.wait_for(1)
+    assert received.ids == [good.id]
+    assert consumer.malformed == 4  # type: ignore[attr-defined]
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("1 frames ignored" in m for m in logged), logged
+    assert any("3 frames ignored" in m for m in logged), logged
+    assert any("non-ASCII topic" in m for m in logged), logged
+    assert any("raw.bad.4 ignored: not JSON" in m for m in logged), logged
+
+
 def test_the_0mq_flags_written_as_ints_are_libzmq_s() -> None:
     import zmq
 
     from brokers import zeromq
 
     assert (zeromq._EVENTS, zeromq._POLLIN) == (zmq.EVENTS, zmq.POLLIN)
-    assert (zeromq._NOBLOCK, zeromq._SNDMORE) == (zmq.NOBLOCK, zmq.SNDMORE)
+    assert (zeromq._NOBLOCK, zeromq._SNDMORE, zeromq._RCVMORE) == (
+        zmq.NOBLOCK,
+        zmq.SNDMORE,
+        zmq.RCVMORE,
+    )
 
 
 def test_publish_with_no_worker_logs_the_drop_and_counts_it(
