@@ -43,7 +43,6 @@ from .base import Broker, Consumer, Deliver, deliver_or_log
 
 if TYPE_CHECKING:
     import zmq
-    import zmq.asyncio
 
 __all__ = ["ZeroMQBroker", "ZeroMQConsumer", "bind_error", "parse_zmq_url"]
 
