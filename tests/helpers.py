@@ -382,3 +382,16 @@ def metric(worker: WorkerProcess, name: str) -> float:
 def events_url(worker: WorkerProcess, *patterns: str, **params: str) -> str:
     query = httpx.QueryParams([("topic", p) for p in patterns] + list(params.items()))
     return f"{worker.url}/events?{query}"
+
+
+def reap(pid: int, timeout: float = 10.0) -> int:
+    """The exit code of a forked child, killed if it takes longer than ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise TimeoutError(f"forked child {pid} did not exit within {timeout} s")

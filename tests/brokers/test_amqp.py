@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -38,6 +37,7 @@ from tests.helpers import (
     child_env,
     consuming,
     free_port,
+    reap,
     send,
     wait_for,
 )
@@ -218,7 +218,7 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(
                 code = 0
             finally:
                 os._exit(code)
-        assert reap(pid) == 0
+        assert reap(pid, WAIT) == 0
         last = send(broker, "fork.parent.2").id  # the parent's connection is unharmed
         got = plain.get(3)
     assert [method.routing_key for method, _, _ in got] == [
@@ -346,19 +346,6 @@ def test_close_waits_for_a_pending_event_but_no_longer_than_the_publish_timeout(
     pending.join(WAIT)
     assert outcome == ["sent" if broker_returns else "PublishError"]
     assert closed_after < 2.0 + 1.0
-
-
-def reap(pid: int) -> int:
-    """The exit code of a forked child, killed if it takes longer than `WAIT`."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise TimeoutError(f"forked child {pid} did not exit within {WAIT} s")
 
 
 def _try_send(broker: AMQPBroker, topic: str) -> Event | None:

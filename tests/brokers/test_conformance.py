@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import textwrap
 import threading
@@ -28,7 +27,7 @@ from brokers.base import Broker
 from brokers.registry import open_broker
 from brokers.zeromq import ZeroMQBroker
 from signalbus import BrokerUnavailable, Event
-from tests.helpers import HOST, ROOT, consuming, free_port, send
+from tests.helpers import HOST, ROOT, consuming, free_port, reap, send
 from tests.rabbitmq import amqp_url
 
 pytestmark = pytest.mark.anyio
@@ -184,7 +183,7 @@ async def test_short_lived_publisher_process_delivers_its_event(zmq_broker: Zero
 
 def _fork_and_send(broker: ZeroMQBroker, topic: str) -> int:
     """Fork; the child publishes on the inherited broker object and leaves (closing it, as
-    its exit would). The child's exit code, or -1 if it did not exit within `WAIT`."""
+    its exit would). The child's exit code."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -194,15 +193,7 @@ def _fork_and_send(broker: ZeroMQBroker, topic: str) -> int:
             code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -1
+    return reap(pid, WAIT)
 
 
 async def test_a_forked_child_publishes_on_a_socket_of_its_own(zmq_broker: ZeroMQBroker) -> None:
