@@ -279,6 +279,8 @@ class ZeroMQConsumer(Consumer):
             # The descriptor only signals a change: read until 0MQ says nothing is left.
             # Every ``yield_every`` messages, the rest waits one turn of the loop so that
             # the streams write what is queued for them, in one send each.
+            if failed.done():
+                return  # run() has ended (cancelled with it): the socket may be closed
             try:
                 for _ in range(self.yield_every):
                     if not cast(int, getsockopt(_EVENTS)) & _POLLIN:
