@@ -85,11 +85,16 @@ class Settings:
     header_timeout: float = 10.0
 
 
-def _positive(raw: Mapping[str, Any], key: str, default: float, kind: type = int) -> Any:
+_DEFAULTS = Settings()
+
+
+def _positive(raw: Mapping[str, Any], key: str) -> Any:
+    """``SIGNALBUS[key]``, a positive number of the type of its default (the field's)."""
+    default = getattr(_DEFAULTS, key.lower())
     value = raw.get(key, default)
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ConfigurationError(f"SIGNALBUS[{key!r}] must be a positive number, not {value!r}")
-    return kind(value)
+    return type(default)(value)
 
 
 def _patterns(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -167,24 +172,24 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         public_topics=_patterns(raw, "PUBLIC_TOPICS"),
         authorize=_callable(raw, "AUTHORIZE"),
         allowed_origins=tuple(o.rstrip("/") for o in origins),
-        replay_buffer=_positive(raw, "REPLAY_BUFFER", 10_000),
-        client_queue=_positive(raw, "CLIENT_QUEUE", 1_000),
-        keepalive=_positive(raw, "KEEPALIVE", 15.0, float),
-        retry_ms=_positive(raw, "RETRY_MS", 3_000),
+        replay_buffer=_positive(raw, "REPLAY_BUFFER"),
+        client_queue=_positive(raw, "CLIENT_QUEUE"),
+        keepalive=_positive(raw, "KEEPALIVE"),
+        retry_ms=_positive(raw, "RETRY_MS"),
         source=raw.get("SOURCE"),
-        zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT", 1.0, float),
+        zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT"),
         exchange=str(raw.get("EXCHANGE", "signalbus")),
-        publish_timeout=_positive(raw, "PUBLISH_TIMEOUT", 10.0, float),
-        max_message_bytes=_positive(raw, "MAX_MESSAGE_BYTES", 1 << 20),
+        publish_timeout=_positive(raw, "PUBLISH_TIMEOUT"),
+        max_message_bytes=_positive(raw, "MAX_MESSAGE_BYTES"),
         subscribers=_modules(raw, "SUBSCRIBERS"),
-        subscriber_threads=_positive(raw, "SUBSCRIBER_THREADS", 4),
+        subscriber_threads=_positive(raw, "SUBSCRIBER_THREADS"),
         events_url=_events_url(raw),
-        max_topics=_positive(raw, "MAX_TOPICS", 32),
-        max_connections=_positive(raw, "MAX_CONNECTIONS", 10_000),
-        max_connections_per_user=_positive(raw, "MAX_CONNECTIONS_PER_USER", 32),
-        max_connections_per_address=_positive(raw, "MAX_CONNECTIONS_PER_ADDRESS", 1_000),
-        max_header_bytes=_positive(raw, "MAX_HEADER_BYTES", 32_768),
-        header_timeout=_positive(raw, "HEADER_TIMEOUT", 10.0, float),
+        max_topics=_positive(raw, "MAX_TOPICS"),
+        max_connections=_positive(raw, "MAX_CONNECTIONS"),
+        max_connections_per_user=_positive(raw, "MAX_CONNECTIONS_PER_USER"),
+        max_connections_per_address=_positive(raw, "MAX_CONNECTIONS_PER_ADDRESS"),
+        max_header_bytes=_positive(raw, "MAX_HEADER_BYTES"),
+        header_timeout=_positive(raw, "HEADER_TIMEOUT"),
     )
 
 
