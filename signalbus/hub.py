@@ -202,6 +202,7 @@ class Hub:
         self._index: dict[str, int] = {self._origin: 0}
         self._by_pattern: dict[str, set[Subscription]] = {}
         self._routes: dict[str, tuple[str, ...]] = {}
+        self._targets: dict[tuple[str, ...], tuple[Subscription, ...]] = {}
         self._burst: list[tuple[bytes, tuple[Subscription, ...]]] = []
         self._queued: list[Subscription] = []
         self._flush_due = False
@@ -224,14 +225,7 @@ class Hub:
         patterns = self._route(topic)
         if not patterns:
             return
-        by_pattern = self._by_pattern
-        if len(patterns) == 1:
-            targets = tuple(by_pattern[patterns[0]])
-        else:
-            targets = tuple({s for p in patterns for s in by_pattern[p]})
-        # The subscriptions are taken now: one that subscribes before the flush has this
-        # event in its replay, and must not get it twice.
-        self._burst.append((frame, targets))
+        self._burst.append((frame, self._targets_of(patterns)))
         if len(self._burst) == 1:
             self._schedule()
 
@@ -240,6 +234,7 @@ class Hub:
     ) -> tuple[Subscription, list[bytes]]:
         """A live subscription and the frames to send before it (replay, or a reset event)."""
         sub = Subscription(patterns, self.queue_size, self._on_queued)
+        self._targets.clear()
         for pattern in patterns:
             if pattern not in self._by_pattern:
                 self._by_pattern[pattern] = set()
@@ -251,6 +246,7 @@ class Hub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close(sub.reason or "unsubscribed")
+        self._targets.clear()
         for pattern in sub.patterns:
             subs = self._by_pattern.get(pattern)
             if subs is not None:
@@ -276,6 +272,7 @@ class Hub:
             sub.close(reason)
         self._by_pattern.clear()
         self._routes.clear()
+        self._targets.clear()
 
     def _on_queued(self, sub: Subscription) -> None:
         self._queued.append(sub)
@@ -317,7 +314,7 @@ class Hub:
         if not burst:
             return
         targets = burst[0][1]
-        if len(burst) == 1 or all(t == targets for _, t in burst[1:]):
+        if all(t is targets for _, t in burst):
             frames = [frame for frame, _ in burst]
             data = frames[0] if len(frames) == 1 else b"".join(frames)
             overflowed = [sub for sub in targets if not sub.write(data, frames)]
@@ -343,6 +340,22 @@ class Hub:
         seq = next(self._seq)
         held.append(_Held(seq, event_id, topic, frame))
         self._index[event_id] = seq
+
+    def _targets_of(self, patterns: tuple[str, ...]) -> tuple[Subscription, ...]:
+        """The subscriptions of ``patterns``, one tuple shared by every event until they
+        change. An event keeps the tuple it was published with: a stream that subscribes
+        before the flush has the event in its replay, and does not get it twice."""
+        targets = self._targets.get(patterns)
+        if targets is None:
+            by_pattern = self._by_pattern
+            if len(patterns) == 1:
+                targets = tuple(by_pattern[patterns[0]])
+            else:
+                targets = tuple({s for p in patterns for s in by_pattern[p]})
+            if len(self._targets) >= _ROUTE_CACHE_LIMIT:
+                self._targets.clear()
+            self._targets[patterns] = targets
+        return targets
 
     def _route(self, topic: str) -> tuple[str, ...]:
         """The patterns that match ``topic``, cached until the set of patterns changes."""

@@ -232,9 +232,10 @@ def _tune_gc() -> None:
     """Keep the cyclic garbage collector off the fan-out path (DESIGN.md, "Pitfalls": a third
     of an SSE server's CPU at 5,000 clients). What start-up made (Django, the libraries,
     the app) is frozen out of every later collection, and the young generation collects
-    after GC_YOUNG net new objects instead of 700: a fan-out to N streams holds N futures
-    and handles at once, which at 700 forced collections that promoted them all and so
-    brought on full ones over every stream's objects."""
+    after GC_YOUNG net new objects instead of 700: a burst that streams take from their
+    queues (a slow client, a paused transport) wakes a future and a task per stream, which
+    at 700 forced collections that promoted them all and so brought on full ones over every
+    stream's objects."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -125,6 +128,28 @@ async def test_pattern_added_after_events_were_routed_receives_later_events() ->
     later = publish(hub, "a.b")
     assert ids(await batch(wide)) == [later.id]  # type: ignore[arg-type]
     assert len(await batch(exact)) == 2  # type: ignore[arg-type]
+
+
+async def test_a_stream_joining_a_pattern_already_in_use_receives_later_events() -> None:
+    hub = Hub()
+    first, _ = hub.subscribe(("a.*",))
+    publish(hub, "a.1")
+    second, _ = hub.subscribe(("a.*",))
+    later = publish(hub, "a.2")
+    assert ids(await batch(second)) == [later.id]  # type: ignore[arg-type]
+    assert len(await batch(first)) == 2  # type: ignore[arg-type]
+
+
+async def test_a_stream_that_left_a_pattern_in_use_is_not_counted_for_later_events() -> None:
+    hub = Hub()
+    staying, _ = hub.subscribe(("a.*",))
+    leaving, _ = hub.subscribe(("a.*",))
+    publish(hub, "a.1")
+    await batch(staying)
+    hub.unsubscribe(leaving)
+    publish(hub, "a.2")
+    await batch(staying)
+    assert hub.stats.frames_queued == 2 + 1
 
 
 async def test_unsubscribe_stops_delivery_and_ends_the_stream() -> None:
@@ -365,14 +390,35 @@ async def idle_reader(sub: Subscription, got: list[list[bytes] | None]) -> None:
     got.append(None)
 
 
+@dataclass
+class Stream:
+    """A subscription with a direct writer, and what its reader got (None: the end)."""
+
+    sub: Subscription
+    writer: Writer
+    got: list[list[bytes] | None]
+
+
+@asynccontextmanager
+async def idle_streams(hub: Hub, *patterns: tuple[str, ...]) -> AsyncIterator[list[Stream]]:
+    """One stream per pattern tuple, each reader idle in ``next_batch``; all closed on exit."""
+    streams = []
+    for stream_patterns in patterns:
+        sub, _ = hub.subscribe(stream_patterns)
+        sub.writer = writer = Writer()
+        streams.append(Stream(sub, writer, []))
+    async with anyio.create_task_group() as tg:
+        for stream in streams:
+            tg.start_soon(idle_reader, stream.sub, stream.got)
+        await anyio.sleep(0.01)
+        yield streams
+        hub.close_all()
+
+
 async def test_a_burst_goes_to_an_idle_reader_s_direct_writer_as_one_write() -> None:
     hub = Hub()
-    sub, _ = hub.subscribe(("a.*",))
-    sub.writer = writer = Writer()
-    got: list[list[bytes] | None] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(idle_reader, sub, got)
-        await anyio.sleep(0.01)
+    async with idle_streams(hub, ("a.*",)) as (stream,):
+        writer = stream.writer
         burst = [publish(hub, f"a.{i}") for i in range(5)]
         assert writer.writes == []  # flushed once the burst is over, not per event
         await anyio.sleep(0.01)
@@ -380,18 +426,13 @@ async def test_a_burst_goes_to_an_idle_reader_s_direct_writer_as_one_write() -> 
         single = publish(hub, "a.x")
         await anyio.sleep(0.01)
         assert frame_ids(writer.writes[-1]) == [single.id]
-        hub.unsubscribe(sub)
-    assert got == [None]  # the reader only saw the end
+    assert stream.got == [None]  # the reader only saw the end
 
 
 async def test_frames_a_direct_writer_refuses_go_to_the_reader_in_order() -> None:
     hub = Hub()
-    sub, _ = hub.subscribe(("a.*",))
-    sub.writer = writer = Writer()
-    got: list[list[bytes] | None] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(idle_reader, sub, got)
-        await anyio.sleep(0.01)
+    async with idle_streams(hub, ("a.*",)) as (stream,):
+        writer = stream.writer
         first = publish(hub, "a.1")
         await anyio.sleep(0.01)
         writer.accepting = False
@@ -400,9 +441,8 @@ async def test_frames_a_direct_writer_refuses_go_to_the_reader_in_order() -> Non
         writer.accepting = True
         last = publish(hub, "a.4")
         await anyio.sleep(0.01)
-        hub.unsubscribe(sub)
     assert [frame_ids(w) for w in writer.writes] == [[first.id], [last.id]]
-    assert [ids(b) for b in got[:-1]] == [[e.id for e in refused]]  # type: ignore[arg-type]
+    assert [ids(b) for b in stream.got[:-1]] == [[e.id for e in refused]]  # type: ignore[arg-type]
 
 
 async def test_direct_writer_waits_while_the_reader_holds_a_batch() -> None:
@@ -436,37 +476,37 @@ async def test_a_frame_the_writer_refused_is_not_overtaken_while_the_reader_hold
 
 async def test_a_burst_for_the_same_streams_is_joined_once_and_shared() -> None:
     hub = Hub()
-    subs = [hub.subscribe(("a.*",))[0] for _ in range(3)]
-    writers = [Writer() for _ in subs]
-    for sub, writer in zip(subs, writers, strict=True):
-        sub.writer = writer
-    async with anyio.create_task_group() as tg:
-        for sub in subs:
-            tg.start_soon(idle_reader, sub, [])
-        await anyio.sleep(0.01)
+    async with idle_streams(hub, ("a.*",), ("a.*",), ("a.*",)) as streams:
         burst = [publish(hub, f"a.{i}") for i in range(4)]
         await anyio.sleep(0.01)
-        hub.close_all()
-    first = writers[0].writes
+    first = streams[0].writer.writes
     assert [frame_ids(w) for w in first] == [[e.id for e in burst]]
-    assert all(w.writes[0] is first[0] for w in writers)  # one join, the same bytes
+    assert all(s.writer.writes[0] is first[0] for s in streams)  # one join, the same bytes
     assert hub.stats.frames_queued == 12
 
 
 async def test_a_burst_for_different_streams_gives_each_its_own_frames_in_one_write() -> None:
     hub = Hub()
-    narrow, _ = hub.subscribe(("a.*",))
-    wide, _ = hub.subscribe(("a.*", "b.*"))
-    narrow.writer, wide.writer = narrow_writer, wide_writer = Writer(), Writer()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(idle_reader, narrow, [])
-        tg.start_soon(idle_reader, wide, [])
-        await anyio.sleep(0.01)
+    async with idle_streams(hub, ("a.*",), ("a.*", "b.*")) as (narrow, wide):
         a1, b1, a2 = publish(hub, "a.1"), publish(hub, "b.1"), publish(hub, "a.2")
         await anyio.sleep(0.01)
-        hub.close_all()
-    assert [frame_ids(w) for w in narrow_writer.writes] == [[a1.id, a2.id]]
-    assert [frame_ids(w) for w in wide_writer.writes] == [[a1.id, b1.id, a2.id]]
+    assert [frame_ids(w) for w in narrow.writer.writes] == [[a1.id, a2.id]]
+    assert [frame_ids(w) for w in wide.writer.writes] == [[a1.id, b1.id, a2.id]]
+
+
+async def test_a_frame_queued_for_the_reader_is_not_overtaken_by_a_later_direct_write() -> None:
+    """The reset is queued (the reader is woken for it); an event published in the same
+    turn must follow it, not be written ahead of it."""
+    hub = Hub()
+    async with idle_streams(hub, ("#",)) as (stream,):
+        hub.reset_all()
+        after = publish(hub, "a.1")
+        await anyio.sleep(0.01)
+    frames = [f for w in stream.writer.writes for f in w.split(b"\n\n")[:-1]]
+    frames += [f for b in stream.got if b for f in b"".join(b).split(b"\n\n")[:-1]]
+    types = [parse(f + b"\n\n")[1]["type"] for f in frames]
+    assert types == ["signalbus.reset", "a.1"]
+    assert parse(frames[1] + b"\n\n")[0] == after.id
 
 
 async def test_reset_all_comes_after_the_events_published_before_it() -> None:
