@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Self
@@ -231,6 +231,19 @@ class SSEReader:
         self.close()
 
 
+def received(sock: socket.socket, deadline: float) -> Iterator[bytes]:
+    """Each chunk ``sock`` receives until ``deadline`` (``time.monotonic()``) or the end."""
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(max(0.01, left))
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            return
+        if not chunk:
+            return
+        yield chunk
+
+
 def raw_request(
     port: int, target: str, headers: str = "", read_for: float = 1.0, until: bytes | None = None
 ) -> bytes:
@@ -238,17 +251,22 @@ def raw_request(
     with socket.create_connection((HOST, port), timeout=read_for) as sock:
         sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\n{headers}\r\n".encode())
         data = b""
-        deadline = time.monotonic() + read_for
-        while time.monotonic() < deadline and (until is None or until not in data):
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
+        for chunk in received(sock, time.monotonic() + read_for):
             data += chunk
+            if until is not None and until in data:
+                break
         return data
+
+
+def stop_cleanly(worker: WorkerProcess, readers: list[SSEReader]) -> None:
+    """Stop ``worker``: exit status 0 within 5 s, every reader's stream ended, no traceback."""
+    started = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - started < 5
+    for reader in readers:
+        assert reader.ended.wait(2)
+        reader.close()
+    assert "Traceback" not in worker.log()
 
 
 class RawStream:
