@@ -3,7 +3,9 @@
 Every event is encoded when the signal fires (the values as saved) and sent
 when the surrounding transaction commits (``transaction.on_commit``), so a
 rolled-back save publishes nothing, and nested atomic blocks behave exactly
-as Django's own ``on_commit`` does. Only the fields bound for a model go out:
+as Django's own ``on_commit`` does. The events of one transaction share one
+``on_commit`` entry (`_CommitBatch`) while nothing else is registered after
+them: a bulk of saves costs one entry, not one each. Only the fields bound for a model go out:
 nothing is published unless the project said so.
 
 Size: an event is at most ``MAX_MESSAGE_BYTES`` encoded, the size a worker takes.
@@ -19,7 +21,6 @@ import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -97,6 +98,40 @@ def _send(topic: str, event_id: str, body: bytes) -> None:
         logger.error("event %s on %s not published: %s", event_id, topic, exc)
 
 
+class _CommitBatch:
+    """Consecutive events of one transaction at one savepoint, sent in order on commit.
+
+    Appending to the last ``on_commit`` entry when it is a batch registered at the same
+    savepoints is what Django would do with one entry per event: a savepoint rollback
+    discards them together, and they run at the same point of the commit. Django pops
+    its entries from the front of a list, so a bulk of 10,000 saves with an entry each
+    spent more in that list than in sending."""
+
+    __slots__ = ("items", "savepoints")
+
+    def __init__(self, savepoints: list[str | None]) -> None:
+        self.savepoints = savepoints
+        self.items: list[tuple[str, str, bytes]] = []
+
+    def __call__(self) -> None:
+        for topic, event_id, body in self.items:
+            _send(topic, event_id, body)
+
+
+def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
+    connection = transaction.get_connection(using)
+    if connection.in_atomic_block:
+        hooks = connection.run_on_commit
+        last = hooks[-1][1] if hooks else None
+        if type(last) is _CommitBatch and last.savepoints == connection.savepoint_ids:
+            last.items.append((topic, event_id, body))
+            return
+    batch = _CommitBatch(list(connection.savepoint_ids))
+    batch.items.append((topic, event_id, body))
+    # Outside a transaction Django runs it now, and refuses it in manual transaction mode.
+    connection.on_commit(batch)
+
+
 def _enqueue(event: Event, using: str | None, *, model: bool = False) -> None:
     body = event.encode()
     limit = get_settings().max_message_bytes
@@ -114,7 +149,7 @@ def _enqueue(event: Event, using: str | None, *, model: bool = False) -> None:
             limit,
         )
         body = replace(event, data=None, extensions={"dataomitted": True}).encode()
-    transaction.on_commit(partial(_send, event.topic, event.id, body), using=using)
+    _on_commit(event.topic, event.id, body, using)
 
 
 def publish(
@@ -162,11 +197,14 @@ class ModelBinding:
 
     def event(self, instance: models.Model, action: str) -> Event:
         meta = self.model._meta
+        label = f"{meta.app_label}.{meta.model_name}"
         word = pk_word(instance.pk)
-        return Event.create(
-            f"{meta.app_label}.{meta.model_name}.{word}.{action}",
+        # An app label and a model name are identifiers, and pk_word makes a word: the
+        # topic and type are made of checked words, whatever the instance holds.
+        return Event._of_checked_words(
+            f"{label}.{word}.{action}",
             self.data(instance),
-            type=f"{meta.app_label}.{meta.model_name}.{action}",
+            type=f"{label}.{action}",
             subject=_subject(instance, meta.app_label, meta.model_name, word),
             source=get_settings().source,
         )

@@ -15,7 +15,9 @@ connected, so this adapter makes each drop loud instead of silent:
   the worker has subscribed: a short-lived process (a management command that
   saves one object and exits) still delivers its event;
 - an event sent while no worker is subscribed is logged with its topic and
-  counted in ``ZeroMQBroker.dropped``;
+  counted in ``ZeroMQBroker.dropped``. While one is, the subscriptions are read
+  at most once a millisecond (``SUBSCRIPTIONS_READ_EVERY``): reading them costs
+  more than the send, and a burst needs one read, not one per event;
 - a send past the high-water mark raises `PublishError` instead of vanishing
   (``XPUB_NODROP``);
 - at exit the socket is closed with a linger, so queued events leave first.
@@ -31,6 +33,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -66,6 +69,7 @@ def _count_fork() -> None:
 
 os.register_at_fork(after_in_child=_count_fork)
 SEND_HWM = 100_000
+SUBSCRIPTIONS_READ_EVERY = 0.001  # seconds, while some worker is subscribed
 
 
 def parse_zmq_url(url: str) -> str:
@@ -116,13 +120,17 @@ class ZeroMQBroker(Broker):
         self._socket: zmq.Socket[bytes] | None = None
         self._subscriptions: set[bytes] = set()
         self._waited = False
+        self._next_read = 0.0  # time.monotonic() of the next subscriptions read
 
     def publish(self, topic: str, body: bytes) -> None:
         import zmq
 
         with self._lock:
             sock = self._connected()
-            self._read_subscriptions(sock, timeout_ms=0)
+            now = time.monotonic()
+            if now >= self._next_read or not self._subscriptions:
+                self._next_read = now + SUBSCRIPTIONS_READ_EVERY
+                self._read_subscriptions(sock, timeout_ms=0)
             if not self._subscriptions and not self._waited:
                 # Connect before first send: wait once for the worker's subscription.
                 self._waited = True

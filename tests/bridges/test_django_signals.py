@@ -104,6 +104,66 @@ def test_nested_atomic_blocks_publish_as_on_commit_does(bus):
     assert [e["data"]["id"] for e in events] == [kept.pk, inner.pk]
 
 
+def test_saves_of_one_transaction_share_one_commit_entry_in_order(bus):
+    with stream(bus, "shop.order.#") as reader:
+        with transaction.atomic():
+            orders = [Order.objects.create(status=f"bulk-{i}") for i in range(5)]
+            assert len(transaction.get_connection().run_on_commit) == 1
+        events = reader.data(5)
+    assert [e["data"]["id"] for e in events] == [o.pk for o in orders]
+
+
+def test_a_commit_hook_registered_between_saves_runs_between_their_events(bus):
+    with stream(bus, "shop.order.#", "public.#") as reader:
+        with transaction.atomic():
+            first = Order.objects.create(status="before-hook")
+            transaction.on_commit(lambda: signalbus.publish("public.hook.ran"))
+            second = Order.objects.create(status="after-hook")
+        events = reader.data(3)
+    assert [e["topic"] for e in events] == [
+        f"shop.order.{first.pk}.created",
+        "public.hook.ran",
+        f"shop.order.{second.pk}.created",
+    ]
+
+
+def test_a_rolled_back_savepoint_drops_only_its_own_events(bus):
+    with stream(bus, "shop.order.#") as reader:
+        with transaction.atomic():
+            before = Order.objects.create(status="before")
+            try:
+                with transaction.atomic():
+                    Order.objects.create(status="doomed")
+                    raise ValueError
+            except ValueError:
+                pass
+            after = Order.objects.create(status="after")
+        events = reader.data(2)
+        reader.assert_quiet()
+    assert [e["data"]["id"] for e in events] == [before.pk, after.pk]
+
+
+def test_a_save_in_manual_transaction_mode_is_refused_as_on_commit_refuses_it(bus):
+    transaction.set_autocommit(False)
+    try:
+        with pytest.raises(transaction.TransactionManagementError, match="on_commit"):
+            Order.objects.create(status="manual")
+    finally:
+        transaction.rollback()
+        transaction.set_autocommit(True)
+
+
+def test_a_subject_with_a_line_break_is_refused(bus, monkeypatch):
+    monkeypatch.setattr(Order, "get_absolute_url", lambda self: "/orders/1/\r\nX-Evil: 1")
+    with pytest.raises(InvalidEvent, match="'subject' contains CR, LF or NUL"):
+        Order.objects.create(status="evil")
+
+
+def test_a_primary_key_too_long_for_a_topic_is_refused_with_the_length(bus):
+    with pytest.raises(InvalidEvent, match="270 bytes long; the limit is 255"):
+        Tenant.objects.create(slug="k" * 250, name="Long")
+
+
 def test_text_primary_key_becomes_one_percent_encoded_word(bus):
     with stream(bus, "shop.tenant.#") as reader:
         Tenant.objects.create(slug="acme.corp", name="Acme")

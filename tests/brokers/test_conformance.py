@@ -292,6 +292,31 @@ def test_publish_with_no_worker_logs_the_drop_and_counts_it(
     assert "lonely.order.43" in warnings[1].getMessage()
 
 
+async def test_a_burst_reads_the_subscriptions_about_once_a_millisecond(
+    zmq_broker: ZeroMQBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = 0
+    read = zmq_broker._read_subscriptions
+
+    def counted(sock: object, timeout_ms: int) -> None:
+        nonlocal reads
+        reads += 1
+        read(sock, timeout_ms)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zmq_broker, "_read_subscriptions", counted)
+    body = Event.create("burst.order.1").encode()
+    async with consuming(zmq_broker.consumer(["burst.#"])) as received:
+        await anyio.to_thread.run_sync(send, zmq_broker, "burst.order.0")  # waits for the worker
+        reads = 0
+        started = time.monotonic()
+        for _ in range(2_000):
+            zmq_broker.publish("burst.order.1", body)
+        elapsed = time.monotonic() - started
+        await received.wait_for(2_001)
+    assert zmq_broker.dropped == 0
+    assert 1 <= reads <= elapsed / 0.001 + 2
+
+
 async def test_second_consumer_on_the_same_address_is_told_it_is_in_use(
     zmq_broker: ZeroMQBroker,
 ) -> None:

@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,35 @@ def test_created_event_has_every_required_attribute() -> None:
     assert body["topic"] == "shop.order.42.updated"
     assert body["data"] == {"status": "paid"}
     assert "subject" not in body
+
+
+def test_an_event_of_checked_words_is_the_event_create_makes() -> None:
+    args = ("shop.order.42.updated", {"status": "paid"})
+    named = {"type": "shop.order.updated", "subject": "/orders/42/", "source": "//me"}
+    made = Event._of_checked_words(*args, **named)
+    created = Event.create(*args, **named)
+    assert made.id > created.id or made.id < created.id  # fresh, time-ordered ids
+    assert made == replace(created, id=made.id, time=made.time)
+    assert Event.decode(made.encode()) == made
+    assert Event._of_checked_words(*args, type="t", subject=None, source=None).source == (
+        events.default_source()
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"subject": "/orders/1\nX: 1"}, "'subject' contains CR, LF or NUL"),
+        ({"subject": ""}, "'subject' must be a non-empty string"),
+        ({"source": "//me\r"}, "'source' contains CR, LF or NUL"),
+    ],
+)
+def test_an_event_of_checked_words_still_checks_what_a_caller_cannot_know(
+    change: dict[str, str], message: str
+) -> None:
+    named = {"type": "shop.order.updated", "subject": "/orders/1/", "source": "//me", **change}
+    with pytest.raises(InvalidEvent, match=re.escape(message)):
+        Event._of_checked_words("shop.order.1.updated", None, **named)
 
 
 def test_type_defaults_to_the_topic() -> None:
