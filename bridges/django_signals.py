@@ -32,7 +32,7 @@ from django.dispatch import Signal
 from brokers.base import Broker
 from brokers.registry import open_broker
 from signalbus.conf import broker_url, get_settings
-from signalbus.errors import ConfigurationError, InvalidEvent, SignalbusError
+from signalbus.errors import ConfigurationError, InvalidEvent, InvalidTopic, SignalbusError
 from signalbus.events import Event
 from signalbus.topics import pk_word, validate_topic
 
@@ -191,16 +191,14 @@ class ModelBinding:
 
     model: type[models.Model]
     fields: tuple[tuple[str, models.Field[Any, Any]], ...]
+    label: str  # "app_label.model_name", checked to be two topic words
 
     def data(self, instance: models.Model) -> dict[str, Any]:
         return {name: field.value_from_object(instance) for name, field in self.fields}
 
     def event(self, instance: models.Model, action: str) -> Event:
-        meta = self.model._meta
-        label = f"{meta.app_label}.{meta.model_name}"
-        word = pk_word(instance.pk)
-        # An app label and a model name are identifiers, and pk_word makes a word: the
-        # topic and type are made of checked words, whatever the instance holds.
+        meta, label = self.model._meta, self.label
+        word = pk_word(instance.pk)  # one topic word, whatever the key holds
         return Event._of_checked_words(
             f"{label}.{word}.{action}",
             self.data(instance),
@@ -244,7 +242,12 @@ def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBin
                 f"{model._meta.label}.{name} is not a concrete column; bind columns only"
             )
         resolved.append((name, field))
-    return ModelBinding(model, tuple(resolved))
+    label = f"{model._meta.app_label}.{model._meta.model_name}"
+    try:
+        validate_topic(label)
+    except InvalidTopic as exc:  # an identifier may hold letters a topic word may not
+        raise ConfigurationError(f"{model._meta.label} cannot start a topic: {exc}") from None
+    return ModelBinding(model, tuple(resolved), label)
 
 
 def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding:

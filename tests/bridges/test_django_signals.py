@@ -12,8 +12,10 @@ import threading
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models.signals import post_save
 from django.dispatch import Signal
+from django.test.utils import isolate_apps
 
 import signalbus
 from bridges.django_signals import bind_model, bind_signal, set_broker, unbind_model
@@ -110,6 +112,20 @@ def test_saves_of_one_transaction_share_one_commit_entry_in_order(bus):
             orders = [Order.objects.create(status=f"bulk-{i}") for i in range(5)]
             assert len(transaction.get_connection().run_on_commit) == 1
         events = reader.data(5)
+    assert [e["data"]["id"] for e in events] == [o.pk for o in orders]
+
+
+@pytest.mark.django_db  # a test inside an atomic block that never commits, as TestCase runs
+def test_captured_commit_callbacks_are_one_entry_that_sends_every_event(
+    bus, django_capture_on_commit_callbacks
+):
+    with stream(bus, "shop.order.#") as reader:
+        with django_capture_on_commit_callbacks() as callbacks:
+            orders = [Order.objects.create(status=f"captured-{i}") for i in range(3)]
+        reader.assert_quiet(0.3)
+        assert len(callbacks) == 1
+        callbacks[0]()
+        events = reader.data(3)
     assert [e["data"]["id"] for e in events] == [o.pk for o in orders]
 
 
@@ -241,6 +257,19 @@ def test_binding_an_unknown_field_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="non-empty list"):
         bind_model(Note, "text")
     unbind_model(Note)
+
+
+@isolate_apps("tests.project.shop")
+def test_a_model_whose_name_is_no_topic_word_is_a_configuration_error():
+    class Café(models.Model):  # a Python identifier, not a topic word
+        name = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = "shop"
+
+    with pytest.raises(ConfigurationError, match=r"shop.Café cannot start a topic: .*'café'"):
+        bind_model(Café, ["name"])
+    assert not post_save.has_listeners(Café)
 
 
 def test_unknown_model_in_settings_is_a_configuration_error():
