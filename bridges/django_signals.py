@@ -3,10 +3,10 @@
 Every event is encoded when the signal fires (the values as saved) and sent
 when the surrounding transaction commits (``transaction.on_commit``), so a
 rolled-back save publishes nothing, and nested atomic blocks behave exactly
-as Django's own ``on_commit`` does. The events of one transaction share one
-``on_commit`` entry (`_CommitBatch`) while nothing else is registered after
-them: a bulk of saves costs one entry, not one each. Only the fields bound for a model go out:
-nothing is published unless the project said so.
+as Django's own ``on_commit`` does. Consecutive events of one transaction
+share one ``on_commit`` entry (`_CommitBatch`): a bulk of saves costs one
+entry, not one each. Only the fields bound for a model go out: nothing is
+published unless the project said so.
 
 Size: an event is at most ``MAX_MESSAGE_BYTES`` encoded, the size a worker takes.
 A custom event over it is the caller's error, raised by `publish`; a model event
