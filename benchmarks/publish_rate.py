@@ -78,8 +78,9 @@ def _payload(i: int, size: int) -> str:
 # -- the children: one timed loop each ----------------------------------------------------
 
 
-def time_saves(kind: str, mode: str, count: int, size: int) -> float:
-    """Seconds for ``count`` ``Tick.save()`` calls, in autocommit or in one atomic block."""
+def time_saves(kind: str, mode: str, count: int, size: int) -> tuple[float, float | None]:
+    """Seconds for ``count`` ``Tick.save()`` calls, in autocommit or in one atomic block,
+    and in atomic mode the seconds of the block's commit, where the events are sent."""
     import django
 
     django.setup()
@@ -99,10 +100,12 @@ def time_saves(kind: str, mode: str, count: int, size: int) -> float:
         with transaction.atomic():
             for tick in timed:
                 tick.save()
-    else:
-        for tick in timed:
-            tick.save()
-    return time.perf_counter() - start
+            committing = time.perf_counter()
+        end = time.perf_counter()
+        return end - start, end - committing
+    for tick in timed:
+        tick.save()
+    return time.perf_counter() - start, None
 
 
 def time_saves_then_sends(broker_url: str, mode: str, count: int, size: int) -> float:
@@ -197,14 +200,15 @@ def time_pika_publishes(broker_url: str, count: int, size: int) -> float:
 
 def run_child(args: argparse.Namespace) -> int:
     url = os.environ["SIGNALBUS_BROKER_URL"]
+    commit = None
     if args.child == "bare":
         timer = time_zmq_sends if url.startswith("zmq:") else time_pika_publishes
         seconds = timer(url, args.count, args.payload)
     elif args.child == "save+zmq":
         seconds = time_saves_then_sends(url, args.mode, args.count, args.payload)
     else:
-        seconds = time_saves(args.child, args.mode, args.count, args.payload)
-    print(json.dumps({"seconds": seconds}))
+        seconds, commit = time_saves(args.child, args.mode, args.count, args.payload)
+    print(json.dumps({"seconds": seconds, "commit_seconds": commit}))
     return 0
 
 
@@ -213,8 +217,8 @@ def run_child(args: argparse.Namespace) -> int:
 
 def measure(
     children: Children, env: dict[str, str], kind: str, mode: str, args: argparse.Namespace
-) -> float:
-    """Run one child; the events per second it reached."""
+) -> tuple[float, float | None]:
+    """Run one child; the events per second it reached, and those its commit sent."""
     argv = [sys.executable, "-m", "benchmarks.publish_rate", "--child", kind, "--mode", mode]
     argv += ["--count", str(args.count), "--payload", str(args.payload)]
     child_env = {**env, "DJANGO_SETTINGS_MODULE": SETTINGS}
@@ -228,13 +232,16 @@ def measure(
         stop(proc)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} {mode} failed with exit status {proc.returncode}")
-    return float(args.count / json.loads(out)["seconds"])
+    result = json.loads(out)
+    commit = result["commit_seconds"]
+    return args.count / result["seconds"], None if commit is None else args.count / commit
 
 
 def measure_all(
     children: Children, env: dict[str, str], worker: Worker, args: argparse.Namespace
 ) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], list[int]]]:
-    """Every variant ``--repeat`` times, interleaved: rates, and events the worker took in."""
+    """Every variant ``--repeat`` times, interleaved: rates (``commit`` the events per second
+    an atomic block's commit sent), and events the worker took in."""
     rates: dict[tuple[str, str], list[float]] = defaultdict(list)
     taken: dict[tuple[str, str], list[int]] = defaultdict(list)
     kinds = KINDS if args.broker == "zmq" else KINDS[:3]
@@ -243,9 +250,11 @@ def measure_all(
         for kind, mode in plan:
             before = events_received(worker)
             window = CpuWindow([worker.pid])
-            rate = measure(children, env, kind, mode, args)
+            rate, commit = measure(children, env, kind, mode, args)
             window.mark()
             rates[kind, mode].append(rate)
+            if kind == "signalbus" and commit is not None:
+                rates["commit", mode].append(commit)
             if kind != "save":
                 after = wait_received(worker, before + WARMUP + args.count)
                 taken[kind, mode].append(after - before - WARMUP)
@@ -289,7 +298,12 @@ def print_results(
     )
     print_table(headers, rows)
     bare_got = min(taken["bare", "autocommit"])
-    print(f"bare {bare}: one loop per run, shown on both rows; the worker got {bare_got:,} (min)\n")
+    print(f"bare {bare}: one loop per run, shown on both rows; the worker got {bare_got:,} (min)")
+    commit = median(rates["commit", "atomic"])
+    print(
+        f"the commit of one atomic block of {args.count:,} saves handed its events to the"
+        f" broker at {fmt(commit)}/s, {commit / bare_rate:.2f}x the bare {bare} loop\n"
+    )
 
 
 def run_parent(args: argparse.Namespace) -> int:
