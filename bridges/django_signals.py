@@ -5,8 +5,9 @@ when the surrounding transaction commits (``transaction.on_commit``), so a
 rolled-back save publishes nothing, and nested atomic blocks behave exactly
 as Django's own ``on_commit`` does. Consecutive events of one transaction
 share one ``on_commit`` entry (`_CommitBatch`): a bulk of saves costs one
-entry, not one each. Only the fields bound for a model go out: nothing is
-published unless the project said so.
+entry, not one each (except in a ``TestCase``, whose tests count entries).
+Only the fields bound for a model go out: nothing is published unless the
+project said so.
 
 Size: an event is at most ``MAX_MESSAGE_BYTES`` encoded, the size a worker takes.
 A custom event over it is the caller's error, raised by `publish`; a model event
@@ -120,7 +121,10 @@ class _CommitBatch:
 
 def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
     connection = transaction.get_connection(using)
-    if connection.in_atomic_block:
+    blocks = connection.atomic_blocks
+    # A TestCase's transaction never commits: captureOnCommitCallbacks takes the entries
+    # added during its block and leaves them in the list, so there each event keeps its own.
+    if blocks and not blocks[0]._from_testcase:
         hooks = connection.run_on_commit
         last = hooks[-1][1] if hooks else None
         if type(last) is _CommitBatch and last.savepoints == connection.savepoint_ids:

@@ -116,18 +116,20 @@ def test_saves_of_one_transaction_share_one_commit_entry_in_order(bus):
     assert [e["data"]["id"] for e in events] == [o.pk for o in orders]
 
 
-@pytest.mark.django_db  # a test inside an atomic block that never commits, as TestCase runs
-def test_captured_commit_callbacks_are_one_entry_that_sends_every_event(
+@pytest.mark.django_db  # inside the atomic blocks of a TestCase, which never commit
+def test_in_a_test_case_each_event_is_a_commit_callback_of_its_own(
     bus, django_capture_on_commit_callbacks
 ):
     with stream(bus, "shop.order.#") as reader:
-        with django_capture_on_commit_callbacks() as callbacks:
-            orders = [Order.objects.create(status=f"captured-{i}") for i in range(3)]
-        reader.assert_quiet(0.3)
-        assert len(callbacks) == 1
-        callbacks[0]()
+        with django_capture_on_commit_callbacks(execute=True) as first:
+            one = Order.objects.create(status="captured-1")
+        with django_capture_on_commit_callbacks(execute=True) as second:
+            two = Order.objects.create(status="captured-2")
+            three = Order.objects.create(status="captured-3")
         events = reader.data(3)
-    assert [e["data"]["id"] for e in events] == [o.pk for o in orders]
+        reader.assert_quiet()
+    assert (len(first), len(second)) == (1, 2)
+    assert [e["data"]["id"] for e in events] == [one.pk, two.pk, three.pk]
 
 
 def test_a_commit_hook_registered_between_saves_runs_between_their_events(bus):
