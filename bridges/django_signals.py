@@ -121,10 +121,11 @@ class _CommitBatch:
 
 def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
     connection = transaction.get_connection(using)
-    blocks = connection.atomic_blocks
     # A TestCase's transaction never commits: captureOnCommitCallbacks takes the entries
     # added during its block and leaves them in the list, so there each event keeps its own.
-    if blocks and not blocks[0]._from_testcase:
+    if connection.in_atomic_block and not any(
+        block._from_testcase for block in connection.atomic_blocks
+    ):
         hooks = connection.run_on_commit
         last = hooks[-1][1] if hooks else None
         if type(last) is _CommitBatch and last.savepoints == connection.savepoint_ids:

@@ -14,10 +14,15 @@ connected, so this adapter makes each drop loud instead of silent:
   first send waits (``SIGNALBUS["ZMQ_CONNECT_TIMEOUT"]``, default 1 s) until
   the worker has subscribed: a short-lived process (a management command that
   saves one object and exits) still delivers its event;
-- an event sent while no worker is subscribed is logged with its topic and
+- an event sent while this process knows of no subscribed worker (none has
+  subscribed yet, or every one unsubscribed) is logged with its topic and
   counted in ``ZeroMQBroker.dropped``. While one is, the subscriptions are read
   at most once a millisecond (``SUBSCRIPTIONS_READ_EVERY``): reading them costs
   more than the send, and a burst needs one read, not one per event;
+- a worker that stops does not unsubscribe: this side of the connection
+  outlives it, so events sent meanwhile wait in its queue for the next worker
+  bound at the address (a restart loses nothing), and are lost if none comes
+  before this process exits (after the linger);
 - a send past the high-water mark raises `PublishError` instead of vanishing
   (``XPUB_NODROP``);
 - at exit the socket is closed with a linger, so queued events leave first.

@@ -254,8 +254,8 @@ def test_a_worker_restart_needs_no_restart_of_the_publisher(tmp_path):
     second.start()
     try:
         with SSEReader(url) as reader:
-            # 0MQ reconnects by itself; until the new worker's subscription arrives, events
-            # are dropped and counted (at most once), never silently.
+            # 0MQ reconnects by itself: the publisher is not restarted, and publishes until
+            # the new worker, whose stream opened after it started, gets one.
             def delivered() -> bool:
                 event = Event.create("public.after")
                 broker.publish(event.topic, event.encode())

@@ -132,6 +132,27 @@ def test_in_a_test_case_each_event_is_a_commit_callback_of_its_own(
     assert [e["data"]["id"] for e in events] == [one.pk, two.pk, three.pk]
 
 
+def test_under_an_outer_block_a_test_case_still_gets_a_commit_callback_per_event(
+    bus, django_capture_on_commit_callbacks
+):
+    with stream(bus, "shop.order.#") as reader:
+        with transaction.atomic():  # a fixture's block, around the test case's own
+            test_case = transaction.atomic()
+            test_case._from_testcase = True  # as TestCase enters its blocks
+            test_case.__enter__()
+            with django_capture_on_commit_callbacks(execute=True) as first:
+                one = Order.objects.create(status="captured-1")
+            with django_capture_on_commit_callbacks(execute=True) as second:
+                two = Order.objects.create(status="captured-2")
+            transaction.set_rollback(True)
+            test_case.__exit__(None, None, None)
+            transaction.set_rollback(True)
+        events = reader.data(2)
+        reader.assert_quiet()
+    assert (len(first), len(second)) == (1, 1)
+    assert [e["data"]["id"] for e in events] == [one.pk, two.pk]
+
+
 def test_a_commit_hook_registered_between_saves_runs_between_their_events(bus):
     with stream(bus, "shop.order.#", "public.#") as reader:
         with transaction.atomic():
