@@ -21,8 +21,10 @@ connected, so this adapter makes each drop loud instead of silent:
   more than the send, and a burst needs one read, not one per event;
 - a worker that stops does not unsubscribe: this side of the connection
   outlives it, so events sent meanwhile wait in its queue for the next worker
-  bound at the address (a restart loses nothing), and are lost if none comes
-  before this process exits (after the linger);
+  bound at the address (a restart loses nothing). The socket's monitor tells
+  when the connection drops: that is logged, the events sent while it is down
+  are counted in ``ZeroMQBroker.waiting``, and if it is still down when the
+  socket closes, their loss is logged as an error;
 - a send past the high-water mark raises `PublishError` instead of vanishing
   (``XPUB_NODROP``);
 - at exit the socket is closed with a linger, so queued events leave first.
@@ -60,6 +62,7 @@ LINGER_MS = 2_000
 # libzmq's ABI values (zmq.h), as plain ints: pyzmq's enum members cost more per
 # operation than the send they qualify.
 _EVENTS, _POLLIN, _NOBLOCK, _SNDMORE, _RCVMORE = 15, 1, 1, 2, 13
+_CONNECTED, _DISCONNECTED = 0x0001, 0x0200  # ZMQ_EVENT_*
 _NOBLOCK_SNDMORE = _NOBLOCK | _SNDMORE
 
 # Forks of this process so far, counted in each child: a socket made before the fork
@@ -119,10 +122,13 @@ class ZeroMQBroker(Broker):
             connect_timeout = configured.zmq_connect_timeout if configured else 1.0
         self.connect_timeout = connect_timeout
         self.sent = 0
+        self.waiting = 0  # events sent since the connection to the worker dropped
+        self._away = False  # the monitor's last word: the connection is down
         self._lock = threading.Lock()
         self._fork = -1  # the `_forks` count its socket was made at
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._socket: zmq.Socket[bytes] | None = None
+        self._monitor: zmq.Socket[bytes] | None = None
         self._subscriptions: set[bytes] = set()
         self._waited = False
         self._next_read = 0.0  # time.monotonic() of the next subscriptions read
@@ -136,6 +142,7 @@ class ZeroMQBroker(Broker):
             if now >= self._next_read or not self._subscriptions:
                 self._next_read = now + SUBSCRIPTIONS_READ_EVERY
                 self._read_subscriptions(sock, timeout_ms=0)
+                self._read_link()
             if not self._subscriptions and not self._waited:
                 # Connect before first send: wait once for the worker's subscription.
                 self._waited = True
@@ -160,6 +167,8 @@ class ZeroMQBroker(Broker):
             except zmq.ZMQError as exc:
                 raise PublishError(f"0MQ send to {self.url} failed: {exc}") from exc
             self.sent += 1
+            if self._away:
+                self.waiting += 1
 
     def _connected(self) -> zmq.Socket[bytes]:
         if self._socket is not None and self._fork == _forks:
@@ -170,6 +179,7 @@ class ZeroMQBroker(Broker):
         self._fork = _forks
         self._subscriptions.clear()
         self._waited = False
+        self._away, self.waiting = False, 0
         self._context = zmq.Context()
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, LINGER_MS)
@@ -181,8 +191,31 @@ class ZeroMQBroker(Broker):
             sock.close(linger=0)
             raise BrokerUnavailable(f"cannot connect to {self.url}: {exc}") from exc
         self._socket = sock
+        self._monitor = sock.get_monitor_socket(_CONNECTED | _DISCONNECTED)
         atexit.register(self.close)
         return sock
+
+    def _read_link(self) -> None:
+        """Follow the connection to the worker from the socket's monitor: a worker that stops
+        does not unsubscribe, so this is where its absence shows."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        monitor = self._monitor
+        if monitor is None:
+            return
+        while cast(int, monitor.getsockopt(_EVENTS)) & _POLLIN:
+            event = recv_monitor_message(monitor, _NOBLOCK)["event"]
+            if event == _DISCONNECTED and not self._away:
+                self._away = True
+                logger.warning(
+                    "0MQ worker at %s went away: events wait in this process for the next"
+                    " worker there, and are lost if this process exits first",
+                    self.url,
+                )
+            elif event == _CONNECTED and self._away:
+                self._away = False
+                logger.info("0MQ worker at %s is back: %d event(s) go out", self.url, self.waiting)
+                self.waiting = 0
 
     def _read_subscriptions(self, sock: zmq.Socket[bytes], timeout_ms: int) -> None:
         """Track which prefixes some worker subscribed to (XPUB reports them as messages).
@@ -199,10 +232,23 @@ class ZeroMQBroker(Broker):
 
     def close(self) -> None:
         with self._lock:
-            sock, context = self._socket, self._context
-            self._socket = self._context = None
+            sock, context, monitor = self._socket, self._context, self._monitor
             if sock is None or context is None or self._fork != _forks:
+                self._socket = self._context = self._monitor = None
                 return
+            self._read_link()
+            self._socket = self._context = self._monitor = None
+            if self._away and self.waiting:
+                logger.error(
+                    "%d 0MQ event(s) sent while the worker at %s was away are lost unless one"
+                    " comes back within %.0f s: this process is closing its socket",
+                    self.waiting,
+                    self.url,
+                    LINGER_MS / 1000,
+                )
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(linger=0)
             sock.close(linger=LINGER_MS)
             context.term()
 

@@ -352,3 +352,43 @@ async def test_events_sent_while_the_worker_restarts_reach_the_new_worker(
             await after.wait_for(3)
     assert after.ids == [event.id for event in during]
     assert (zmq_broker.sent, zmq_broker.dropped) == (4, 0)
+
+
+async def test_a_worker_gone_is_logged_what_waits_for_it_counted_and_its_loss_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="signalbus.brokers.zeromq")
+    broker = ZeroMQBroker(zmq_url(), connect_timeout=CONNECT_TIMEOUT)
+
+    async def send_until(done: Callable[[], bool], topic: str) -> None:
+        with anyio.fail_after(WAIT):  # until the socket's monitor has told the publisher
+            while not done():
+                await anyio.to_thread.run_sync(send, broker, topic)
+                await anyio.sleep(0.01)
+
+    try:
+        async with consuming(broker.consumer(["#"])) as worker:
+            await anyio.to_thread.run_sync(send, broker, "gone.before")
+            await worker.wait_for(1)
+        await send_until(lambda: broker.waiting > 0, "gone.during")
+        waited = broker.waiting
+        async with consuming(broker.consumer(["#"])) as back:
+            await back.wait_for(waited)  # what waited goes to the next worker
+            await send_until(lambda: broker.waiting == 0, "gone.back")
+        await send_until(lambda: broker.waiting >= 3, "gone.again")
+        lost = broker.waiting
+    finally:
+        started = time.monotonic()
+        await anyio.to_thread.run_sync(broker.close)
+    assert time.monotonic() - started < 4  # the linger, not a hang
+    assert broker.dropped == 0
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records]
+    went_away = (
+        f"0MQ worker at {broker.url} went away: events wait in this process for the next"
+        " worker there, and are lost if this process exits first"
+    )
+    assert ("WARNING", went_away) in logged
+    (back_again,) = [m for level, m in logged if level == "INFO" and " is back: " in m]
+    assert int(back_again.split(": ")[1].split()[0]) >= waited
+    (error,) = [m for level, m in logged if level == "ERROR"]
+    assert error.startswith(f"{lost} 0MQ event(s) sent while the worker at {broker.url} was away")
