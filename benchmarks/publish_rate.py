@@ -237,12 +237,16 @@ def measure(
     return args.count / result["seconds"], result["commit_seconds"]
 
 
+Runs = dict[tuple[str, str], list[float]]
+
+
 def measure_all(
     children: Children, env: dict[str, str], worker: Worker, args: argparse.Namespace
-) -> tuple[dict[tuple[str, str], list[float]], dict[tuple[str, str], list[int]]]:
-    """Every variant ``--repeat`` times, interleaved: rates, and events the worker took in.
-    Under ``("commit", kind)``: the seconds of the atomic block's commit, in ``rates``."""
-    rates: dict[tuple[str, str], list[float]] = defaultdict(list)
+) -> tuple[Runs, dict[str, list[float]], dict[tuple[str, str], list[int]]]:
+    """Every variant ``--repeat`` times, interleaved: rates, the seconds of each kind's
+    atomic-block commit, and events the worker took in."""
+    rates: Runs = defaultdict(list)
+    commits: dict[str, list[float]] = defaultdict(list)
     taken: dict[tuple[str, str], list[int]] = defaultdict(list)
     kinds = KINDS if args.broker == "zmq" else KINDS[:3]
     plan = [(kind, mode) for mode in MODES for kind in kinds if (kind, mode) != ("bare", "atomic")]
@@ -254,7 +258,7 @@ def measure_all(
             window.mark()
             rates[kind, mode].append(rate)
             if commit is not None:
-                rates["commit", kind].append(commit)
+                commits[kind].append(commit)
             if kind != "save":
                 after = wait_received(worker, before + WARMUP + args.count)
                 taken[kind, mode].append(after - before - WARMUP)
@@ -264,11 +268,12 @@ def measure_all(
                 f"  (other processes on the machine: {others:.0f}% of a core)",
                 file=sys.stderr,
             )
-    return rates, taken
+    return rates, commits, taken
 
 
 def print_results(
-    rates: dict[tuple[str, str], list[float]],
+    rates: Runs,
+    commits: dict[str, list[float]],
     taken: dict[tuple[str, str], list[int]],
     args: argparse.Namespace,
 ) -> None:
@@ -300,7 +305,7 @@ def print_results(
     bare_got = min(taken["bare", "autocommit"])
     print(f"bare {bare}: one loop per run, shown on both rows; the worker got {bare_got:,} (min)")
     # The block's commit with signalbus less the same commit without: the hand-off alone.
-    with_events, without = median(rates["commit", "signalbus"]), median(rates["commit", "save"])
+    with_events, without = median(commits["signalbus"]), median(commits["save"])
     handoff = args.count / (with_events - without)
     print(
         f"the commit of one atomic block of {args.count:,} saves handed its events to the"
@@ -321,9 +326,9 @@ def run_parent(args: argparse.Namespace) -> int:
         migrate(env)
         worker = start_worker(children, env, Path(tmp) / "worker.log")
         window = CpuWindow([worker.pid])
-        rates, taken = measure_all(children, env, worker, args)
+        rates, commits, taken = measure_all(children, env, worker, args)
         window.mark()
-    print_results(rates, taken, args)
+    print_results(rates, commits, taken, args)
     worker_cpu, ours, others = window.percent()
     print(
         f"CPU over {window.seconds:.0f} s, % of one core: worker {worker_cpu:.0f}, "

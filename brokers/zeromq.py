@@ -232,12 +232,13 @@ class ZeroMQBroker(Broker):
 
     def close(self) -> None:
         with self._lock:
+            ours = self._fork == _forks  # a forked child leaves its parent's socket alone
+            if ours:
+                self._read_link()
             sock, context, monitor = self._socket, self._context, self._monitor
-            if sock is None or context is None or self._fork != _forks:
-                self._socket = self._context = self._monitor = None
-                return
-            self._read_link()
             self._socket = self._context = self._monitor = None
+            if sock is None or context is None or not ours:
+                return
             if self._away and self.waiting:
                 logger.error(
                     "%d 0MQ event(s) sent while the worker at %s was away are lost unless one"

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 MAX_TOPIC_BYTES = 255
-_WORD = re.compile(r"[A-Za-z0-9_\-~%:]+")
-_TOPIC = re.compile(r"[A-Za-z0-9_\-~%:]+(?:\.[A-Za-z0-9_\-~%:]+)*")  # all ASCII: len is bytes
+_WORD_CHARS = r"[A-Za-z0-9_\-~%:]+"
+_WORD = re.compile(_WORD_CHARS)
+_TOPIC = re.compile(rf"{_WORD_CHARS}(?:\.{_WORD_CHARS})*")  # all ASCII: len is bytes
 _PK_SAFE = re.compile(r"[A-Za-z0-9_\-~:]+")
 _PK_SAFE_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-~:")
 
