@@ -21,8 +21,8 @@ import logging
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
@@ -32,10 +32,14 @@ from django.dispatch import Signal
 
 from brokers.base import Broker
 from brokers.registry import open_broker
-from signalbus.conf import broker_url, get_settings
+from signalbus import codec
+from signalbus.conf import Settings, broker_url, get_settings
 from signalbus.errors import ConfigurationError, InvalidEvent, InvalidTopic, SignalbusError
-from signalbus.events import Event
-from signalbus.topics import pk_word, validate_topic
+from signalbus.events import Event, check_text, default_source, envelope, new_stamp
+from signalbus.topics import MAX_TOPIC_BYTES, pk_word, validate_topic
+
+if TYPE_CHECKING:
+    from django.db.models.options import Options
 
 __all__ = [
     "apublish",
@@ -106,11 +110,12 @@ class _CommitBatch:
     savepoints is what Django would do with one entry per event: a savepoint rollback
     discards them together, and they run at the same point of the commit. Django pops
     its entries from the front of a list, so a bulk of 10,000 saves with an entry each
-    spent more in that list than in sending."""
+    spent more in that list than in sending. ``savepoints`` is None for a batch that
+    takes no more events."""
 
     __slots__ = ("items", "savepoints")
 
-    def __init__(self, savepoints: list[str | None]) -> None:
+    def __init__(self, savepoints: list[str | None] | None) -> None:
         self.savepoints = savepoints
         self.items: list[tuple[str, str, bytes]] = []
 
@@ -121,39 +126,30 @@ class _CommitBatch:
 
 def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
     connection = transaction.get_connection(using)
-    # A TestCase's transaction never commits: captureOnCommitCallbacks takes the entries
-    # added during its block and leaves them in the list, so there each event keeps its own.
-    if connection.in_atomic_block and not any(
-        block._from_testcase for block in connection.atomic_blocks
-    ):
-        hooks = connection.run_on_commit
-        last = hooks[-1][1] if hooks else None
+    hooks = connection.run_on_commit
+    if hooks and connection.in_atomic_block:
+        last = hooks[-1][1]
         if type(last) is _CommitBatch and last.savepoints == connection.savepoint_ids:
             last.items.append((topic, event_id, body))
             return
-    batch = _CommitBatch(list(connection.savepoint_ids))
+    # A TestCase's transaction never commits: captureOnCommitCallbacks takes the entries
+    # added during its block and leaves them in the list, so there each event keeps its own.
+    # A block's savepoint is unique to it, so a batch made outside them never meets one.
+    testcase = any(block._from_testcase for block in connection.atomic_blocks)
+    batch = _CommitBatch(None if testcase else list(connection.savepoint_ids))
     batch.items.append((topic, event_id, body))
     # Outside a transaction Django runs it now, and refuses it in manual transaction mode.
     connection.on_commit(batch)
 
 
-def _enqueue(event: Event, using: str | None, *, model: bool = False) -> None:
+def _enqueue(event: Event, using: str | None, limit: int) -> None:
+    """Encode now (the values as published), send on commit; ``limit``: MAX_MESSAGE_BYTES."""
     body = event.encode()
-    limit = get_settings().max_message_bytes
     if len(body) > limit:
-        if not model:
-            raise InvalidEvent(
-                f"event on {event.topic} is {len(body)} bytes encoded, over MAX_MESSAGE_BYTES"
-                f" ({limit}); publish a reference to the data (an id, a URL) instead"
-            )
-        logger.warning(
-            "event %s on %s is %d bytes, over MAX_MESSAGE_BYTES (%d): sent without its data",
-            event.id,
-            event.topic,
-            len(body),
-            limit,
+        raise InvalidEvent(
+            f"event on {event.topic} is {len(body)} bytes encoded, over MAX_MESSAGE_BYTES"
+            f" ({limit}); publish a reference to the data (an id, a URL) instead"
         )
-        body = replace(event, data=None, extensions={"dataomitted": True}).encode()
     _on_commit(event.topic, event.id, body, using)
 
 
@@ -167,8 +163,9 @@ def publish(
 ) -> Event:
     """Publish a custom event once the current transaction on ``using`` commits."""
     validate_topic(topic)
-    event = Event.create(topic, data, type=type, subject=subject, source=get_settings().source)
-    _enqueue(event, using)
+    settings = get_settings()
+    event = Event.create(topic, data, type=type, subject=subject, source=settings.source)
+    _enqueue(event, using, settings.max_message_bytes)
     return event
 
 
@@ -201,30 +198,53 @@ class ModelBinding:
     def data(self, instance: models.Model) -> dict[str, Any]:
         return {name: field.value_from_object(instance) for name, field in self.fields}
 
-    def event(self, instance: models.Model, action: str) -> Event:
-        meta, label = self.model._meta, self.label
-        word = pk_word(instance.pk)  # one topic word, whatever the key holds
-        return Event._of_checked_words(
-            f"{label}.{word}.{action}",
-            self.data(instance),
-            type=f"{label}.{action}",
-            subject=_subject(instance, meta.app_label, meta.model_name, word),
-            source=get_settings().source,
-        )
+    def message(
+        self, instance: models.Model, action: str, settings: Settings
+    ) -> tuple[str, str, bytes]:
+        """The topic, id and body of the event of ``action`` on ``instance``, encoded now
+        (the values as saved). Its topic and type are words checked at bind time, so only
+        what a save can still get wrong is checked: the topic's length (a long key), the
+        source, and a subject from ``get_absolute_url``. This skips `Event`, whose checks
+        cost as much as the rest of a model event."""
+        label, word = self.label, pk_word(instance.pk)  # one topic word, whatever the key holds
+        topic = f"{label}.{word}.{action}"
+        if len(topic) > MAX_TOPIC_BYTES:
+            try:
+                validate_topic(topic)
+            except InvalidTopic as exc:
+                raise InvalidEvent(f"event topic: {exc}") from None
+        source = check_text("source", settings.source or default_source())
+        subject = _subject(instance, self.model._meta, word)
+        event_id, time = new_stamp()
+        parts = (event_id, source, f"{label}.{action}", time, topic)
+        body = codec.dumps(envelope(*parts, self.data(instance), subject))
+        limit = settings.max_message_bytes
+        if len(body) > limit:
+            logger.warning(
+                "event %s on %s is %d bytes, over MAX_MESSAGE_BYTES (%d): sent without its data",
+                event_id,
+                topic,
+                len(body),
+                limit,
+            )
+            body = codec.dumps(envelope(*parts, None, subject, {"dataomitted": True}))
+        return topic, event_id, body
 
 
-def _subject(instance: models.Model, app_label: str, model_name: str, word: str) -> str:
+def _subject(instance: models.Model, meta: Options[Any], word: str) -> str:
     get_url = getattr(instance, "get_absolute_url", None)
     if get_url is not None:
         try:
-            return str(get_url())
+            url = str(get_url())
         except Exception:
             logger.warning(
                 "%s.get_absolute_url() failed; the event's subject falls back to its pk",
                 type(instance).__name__,
                 exc_info=True,
             )
-    return f"/{app_label}/{model_name}/{word}"
+        else:
+            return check_text("subject", url)
+    return f"/{meta.app_label}/{meta.model_name}/{word}"  # words checked at bind time
 
 
 def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBinding:
@@ -270,12 +290,13 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
     ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
-        _enqueue(binding.event(instance, "created" if created else "updated"), using, model=True)
+        action = "created" if created else "updated"
+        _on_commit(*binding.message(instance, action, get_settings()), using)
 
     def on_delete(
         sender: Any, instance: models.Model, using: str | None = None, **kwargs: Any
     ) -> None:
-        _enqueue(binding.event(instance, "deleted"), using, model=True)
+        _on_commit(*binding.message(instance, "deleted", get_settings()), using)
 
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=uid)
     post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=uid)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from django.conf import settings as django_settings
+
 from .errors import ConfigurationError
 from .topics import validate_pattern
 
@@ -203,9 +205,7 @@ class _Checked:
 
 def get_settings() -> Settings:
     """The project's settings, checked. Needs Django configured."""
-    from django.conf import settings
-
-    raw = getattr(settings, "SIGNALBUS", {})
+    raw = getattr(django_settings, "SIGNALBUS", {})
     last = _Checked.last
     if last is None or last[0] is not raw:
         last = _Checked.last = (raw, parse_settings(raw))
@@ -215,9 +215,7 @@ def get_settings() -> Settings:
 def configured_settings() -> Settings | None:
     """``SIGNALBUS`` when Django is configured, else None: a plain script or a test of an
     adapter needs no Django project, and then the adapters' own defaults apply."""
-    from django.conf import settings
-
-    return get_settings() if settings.configured else None
+    return get_settings() if django_settings.configured else None
 
 
 def broker_url(cli: str | None = None, configured: Settings | None = None) -> str:

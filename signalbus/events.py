@@ -17,9 +17,9 @@ from typing import Any
 
 from . import codec
 from .errors import InvalidEvent
-from .topics import MAX_TOPIC_BYTES, validate_topic
+from .topics import validate_topic
 
-__all__ = ["Event", "new_event_id"]
+__all__ = ["Event", "check_text", "envelope", "new_event_id", "new_stamp"]
 
 _ID = re.compile(r"[0-9A-Za-z_\-]{1,64}")
 _REQUIRED = ("specversion", "id", "source", "type", "time", "datacontenttype", "topic")
@@ -40,14 +40,27 @@ class _IdClock:
         self._lock = threading.Lock()
         self._node = os.urandom(8).hex()
 
-    def next(self) -> tuple[str, int]:
+    def next(self) -> tuple[str, str]:
+        """A new id, and the time it names in RFC 3339, UTC, with microseconds."""
         with self._lock:
             now = max(time.time_ns(), self._last + 1)
             self._last = now
-        return f"{now:016x}{self._node}", now
+        seconds, rest = divmod(now, 1_000_000_000)
+        return f"{now:016x}{self._node}", f"{_format_second(seconds)}.{rest // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _format_second(seconds: int) -> str:
+    """The time up to the second, formatted once per second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 _clock = _IdClock()
+
+
+def new_stamp() -> tuple[str, str]:
+    """A new event's id and time."""
+    return _clock.next()
 
 
 def new_event_id() -> str:
@@ -55,15 +68,36 @@ def new_event_id() -> str:
     return _clock.next()[0]
 
 
-@functools.lru_cache(maxsize=4)
-def _format_second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def _format_time(ns: int) -> str:
-    """RFC 3339 in UTC with microseconds; the seconds part is formatted once per second."""
-    seconds, rest = divmod(ns, 1_000_000_000)
-    return f"{_format_second(seconds)}.{rest // 1000:06d}Z"
+def envelope(
+    event_id: str,
+    source: str,
+    type: str,
+    time: str,
+    topic: str,
+    data: Any = None,
+    subject: str | None = None,
+    extensions: dict[str, Any] | None = None,
+    specversion: str = "1.0",
+    datacontenttype: str = "application/json",
+) -> dict[str, Any]:
+    """The JSON object of an event: attributes in the order of DESIGN.md, then extensions,
+    then ``data``. Builds no `Event`, for a caller that checked the parts itself."""
+    out: dict[str, Any] = {
+        "specversion": specversion,
+        "id": event_id,
+        "source": source,
+        "type": type,
+    }
+    if subject is not None:
+        out["subject"] = subject
+    out["time"] = time
+    out["datacontenttype"] = datacontenttype
+    out["topic"] = topic
+    if extensions:
+        out.update(extensions)
+    if data is not None:
+        out["data"] = data
+    return out
 
 
 @functools.cache
@@ -77,7 +111,9 @@ _CLEAN: set[str] = set()
 _REPEATED = frozenset({"source", "type", "specversion", "datacontenttype"})
 
 
-def _check_text(name: str, value: object) -> str:
+def check_text(name: str, value: object) -> str:
+    """``value``, or `InvalidEvent` unless it is a non-empty string without CR, LF or NUL
+    (an attribute goes into SSE lines and HTTP headers)."""
     if type(value) is str and value in _CLEAN:
         return value
     if not isinstance(value, str) or not value:
@@ -87,9 +123,6 @@ def _check_text(name: str, value: object) -> str:
     if len(_CLEAN) < 1024 and name in _REPEATED:
         _CLEAN.add(value)
     return value
-
-
-_set_field = object.__setattr__  # how a frozen dataclass sets its own fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +146,11 @@ class Event:
                 f"event id {self.id!r:.80} is not 1 to 64 characters of 0-9 a-z A-Z _ -"
             )
         for name in ("source", "type", "time", "specversion", "datacontenttype"):
-            _check_text(name, getattr(self, name))
+            check_text(name, getattr(self, name))
         if self.specversion != "1.0":
             raise InvalidEvent(f"specversion {self.specversion!r} is not 1.0")
         if self.subject is not None:
-            _check_text("subject", self.subject)
+            check_text("subject", self.subject)
         try:
             validate_topic(self.topic)
         except ValueError as exc:
@@ -139,62 +172,30 @@ class Event:
         source: str | None = None,
     ) -> Event:
         """A new event with a fresh id and the current time."""
-        event_id, ns = _clock.next()
+        event_id, time = _clock.next()
         return cls(
             id=event_id,
             source=source or default_source(),
             type=topic if type is None else type,
-            time=_format_time(ns),
+            time=time,
             topic=topic,
             data=data,
             subject=subject,
         )
 
-    @classmethod
-    def _of_checked_words(
-        cls, topic: str, data: Any, *, type: str, subject: str | None, source: str | None
-    ) -> Event:
-        """`create` for a topic and type made of words that passed `validate_topic` (a model
-        binding's): only what may still be wrong is checked (length, source, subject), not
-        the fresh id and time. The checks cost as much as the rest of a model event."""
-        if len(topic) > MAX_TOPIC_BYTES:
-            return cls.create(topic, data, type=type, subject=subject, source=source)  # raises
-        source = _check_text("source", source or default_source())
-        if subject is not None:
-            _check_text("subject", subject)
-        event_id, ns = _clock.next()
-        event = object.__new__(cls)
-        for name, value in (
-            ("id", event_id),
-            ("source", source),
-            ("type", type),
-            ("time", _format_time(ns)),
-            ("topic", topic),
-            ("data", data),
-            ("subject", subject),
-            ("specversion", "1.0"),
-            ("datacontenttype", "application/json"),
-            ("extensions", {}),
-        ):
-            _set_field(event, name, value)
-        return event
-
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "specversion": self.specversion,
-            "id": self.id,
-            "source": self.source,
-            "type": self.type,
-        }
-        if self.subject is not None:
-            out["subject"] = self.subject
-        out["time"] = self.time
-        out["datacontenttype"] = self.datacontenttype
-        out["topic"] = self.topic
-        out.update(self.extensions)
-        if self.data is not None:
-            out["data"] = self.data
-        return out
+        return envelope(
+            self.id,
+            self.source,
+            self.type,
+            self.time,
+            self.topic,
+            self.data,
+            self.subject,
+            self.extensions,
+            self.specversion,
+            self.datacontenttype,
+        )
 
     def encode(self) -> bytes:
         """The event as one line of JSON: the broker message body and the SSE ``data:``."""

@@ -71,6 +71,8 @@ def validate_pattern(pattern: str) -> str:
 def pk_word(pk: object) -> str:
     """One topic word for a primary key: UTF-8 bytes outside ``A-Z a-z 0-9 _ - ~ :`` become
     ``%XX``, so that no two keys share a word (``acme.corp`` -> ``acme%2Ecorp``)."""
+    if type(pk) is int:
+        return str(pk)  # digits and "-": the common key needs no check
     text = str(pk)
     if _PK_SAFE.fullmatch(text):
         return text

@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -18,8 +20,16 @@ from django.dispatch import Signal
 from django.test.utils import isolate_apps
 
 import signalbus
-from bridges.django_signals import bind_model, bind_signal, set_broker, unbind_model
+from bridges.django_signals import (
+    _resolve_fields,
+    bind_model,
+    bind_signal,
+    set_broker,
+    unbind_model,
+)
 from brokers.base import Broker, Consumer
+from signalbus import Event
+from signalbus.conf import get_settings
 from signalbus.errors import ConfigurationError, InvalidEvent, InvalidTopic, PublishError
 from tests.project.shop.models import Note, Order, Tenant
 
@@ -186,6 +196,44 @@ def test_a_subject_with_a_line_break_is_refused(bus, monkeypatch):
 def test_a_primary_key_too_long_for_a_topic_is_refused_with_the_length(bus):
     with pytest.raises(InvalidEvent, match="270 bytes long; the limit is 255"):
         Tenant.objects.create(slug="k" * 250, name="Long")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"get_absolute_url": lambda self: ""}, "'subject' must be a non-empty string"),
+        ({"get_absolute_url": lambda self: "/orders/1\x00"}, "'subject' contains CR, LF or NUL"),
+    ],
+)
+def test_a_bad_subject_from_the_model_is_refused(bus, monkeypatch, change, message):
+    for name, value in change.items():
+        monkeypatch.setattr(Order, name, value)
+    with pytest.raises(InvalidEvent, match=re.escape(message)):
+        Order.objects.create(status="evil")
+
+
+def test_a_source_with_a_line_break_is_refused_at_save(bus, settings):
+    settings.SIGNALBUS = {**settings.SIGNALBUS, "SOURCE": "//web-1\r\nX-Evil: 1"}
+    with pytest.raises(InvalidEvent, match="'source' contains CR, LF or NUL"):
+        Order.objects.create(status="evil")
+
+
+def test_a_model_event_is_the_event_that_event_create_makes(bus, settings):
+    settings.SIGNALBUS = {**settings.SIGNALBUS, "SOURCE": "//web-1.example"}
+    order = Order.objects.create(status="paid", total=Decimal("12.50"))
+    binding = _resolve_fields(Order, ["id", "status", "total"])
+    topic, event_id, body = binding.message(order, "updated", get_settings())
+    made = Event.decode(body)
+    expected = Event.create(
+        f"shop.order.{order.pk}.updated",
+        binding.data(order),
+        type="shop.order.updated",
+        subject=f"/orders/{order.pk}/",
+        source="//web-1.example",
+    )
+    assert (topic, event_id) == (made.topic, made.id)
+    assert made.id < expected.id  # a fresh id, in creation order
+    assert made == replace(Event.decode(expected.encode()), id=made.id, time=made.time)
 
 
 def test_text_primary_key_becomes_one_percent_encoded_word(bus):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import decimal
 import json
 import math
+import sys
 import uuid
 
 import pytest
@@ -15,7 +17,7 @@ from django.utils.translation import gettext_lazy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signalbus import InvalidEvent
+from signalbus import InvalidEvent, codec
 from signalbus.codec import dumps, loads
 
 # Same examples on every run: a red CI is reproducible, a green one is not luck.
@@ -204,3 +206,41 @@ def test_loads_reads_bytes_and_text() -> None:
     assert loads(b'{"a":1}') == {"a": 1}
     assert loads('{"a":1}') == {"a": 1}
     assert json.loads(dumps({"a": "\u2028"})) == {"a": "\u2028"}
+
+
+# -- the encoder ---------------------------------------------------------------------------
+
+VALUES = [
+    {"when": dt.datetime(2026, 11, 30, tzinfo=dt.UTC), "tags": ("a", "b"), "n": [1, 2.5, None]},
+    {"text": "line\u2028break é", "nested": {"deep": [{"x": decimal.Decimal("1.10")}]}},
+    ["top", "level", True],
+]
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_without_the_c_accelerator_the_bytes_are_the_same(
+    value: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = codec.dumps(value)
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    monkeypatch.setattr(codec, "_chunks", codec._make_chunks())
+    assert codec.dumps(value) == expected
+    assert json.loads(expected) == json.loads(codec.dumps(value))
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(InvalidEvent, match=r"[Cc]ircular"):
+        codec.dumps(loop)
+
+
+def test_one_encoder_serves_many_threads_encoding_the_same_value() -> None:
+    # Decimals call back into Python, where threads switch mid-value: an encoder that kept
+    # circularity markers across calls would see the value "inside itself" in another thread.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        value = {"rows": [[decimal.Decimal(i), decimal.Decimal(-i)] for i in range(2_000)]}
+        expected = codec.dumps(value)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(codec.dumps, [value] * 64)) == {expected}
+    finally:
+        sys.setswitchinterval(interval)
