@@ -22,11 +22,11 @@ import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
-from django.db import models, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import Signal
 
@@ -37,9 +37,6 @@ from signalbus.conf import Settings, broker_url, get_settings
 from signalbus.errors import ConfigurationError, InvalidEvent, InvalidTopic, SignalbusError
 from signalbus.events import Event, check_text, default_source, envelope, new_stamp
 from signalbus.topics import MAX_TOPIC_BYTES, pk_word, validate_topic
-
-if TYPE_CHECKING:
-    from django.db.models.options import Options
 
 __all__ = [
     "apublish",
@@ -125,7 +122,7 @@ class _CommitBatch:
 
 
 def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
-    connection = transaction.get_connection(using)
+    connection = connections[using or DEFAULT_DB_ALIAS]
     hooks = connection.run_on_commit
     if hooks and connection.in_atomic_block:
         last = hooks[-1][1]
@@ -194,6 +191,7 @@ class ModelBinding:
     model: type[models.Model]
     fields: tuple[tuple[str, models.Field[Any, Any]], ...]
     label: str  # "app_label.model_name", checked to be two topic words
+    subject_prefix: str  # "/app_label/model_name/": the subject without get_absolute_url
 
     def data(self, instance: models.Model) -> dict[str, Any]:
         return {name: field.value_from_object(instance) for name, field in self.fields}
@@ -203,8 +201,8 @@ class ModelBinding:
     ) -> tuple[str, str, bytes]:
         """The topic, id and body of the event of ``action`` on ``instance``, encoded now
         (the values as saved). Its topic and type are words checked at bind time, so only
-        what a save can still get wrong is checked: the topic's length (a long key), the
-        source, and a subject from ``get_absolute_url``. This skips `Event`, whose checks
+        what a save can still get wrong is checked: the topic's length (a long key) and a
+        subject from ``get_absolute_url``. This skips `Event`, whose checks
         cost as much as the rest of a model event."""
         label, word = self.label, pk_word(instance.pk)  # one topic word, whatever the key holds
         topic = f"{label}.{word}.{action}"
@@ -213,8 +211,8 @@ class ModelBinding:
                 validate_topic(topic)
             except InvalidTopic as exc:
                 raise InvalidEvent(f"event topic: {exc}") from None
-        source = check_text("source", settings.source or default_source())
-        subject = _subject(instance, self.model._meta, word)
+        source = settings.source or default_source()  # checked with the settings
+        subject = _subject(instance, self.subject_prefix, word)
         event_id, time = new_stamp()
         parts = (event_id, source, f"{label}.{action}", time, topic)
         body = codec.dumps(envelope(*parts, self.data(instance), subject))
@@ -231,7 +229,7 @@ class ModelBinding:
         return topic, event_id, body
 
 
-def _subject(instance: models.Model, meta: Options[Any], word: str) -> str:
+def _subject(instance: models.Model, prefix: str, word: str) -> str:
     get_url = getattr(instance, "get_absolute_url", None)
     if get_url is not None:
         try:
@@ -244,7 +242,7 @@ def _subject(instance: models.Model, meta: Options[Any], word: str) -> str:
             )
         else:
             return check_text("subject", url)
-    return f"/{meta.app_label}/{meta.model_name}/{word}"  # words checked at bind time
+    return prefix + word  # words checked at bind time
 
 
 def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBinding:
@@ -267,12 +265,13 @@ def _resolve_fields(model: type[models.Model], names: Iterable[str]) -> ModelBin
                 f"{model._meta.label}.{name} is not a concrete column; bind columns only"
             )
         resolved.append((name, field))
-    label = f"{model._meta.app_label}.{model._meta.model_name}"
+    app_label, model_name = model._meta.app_label, model._meta.model_name
+    label = f"{app_label}.{model_name}"
     try:
         validate_topic(label)
     except InvalidTopic as exc:  # an identifier may hold letters a topic word may not
         raise ConfigurationError(f"{model._meta.label} cannot start a topic: {exc}") from None
-    return ModelBinding(model, tuple(resolved), label)
+    return ModelBinding(model, tuple(resolved), label, f"/{app_label}/{model_name}/")
 
 
 def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding:
@@ -286,7 +285,9 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
         created: bool,
         raw: bool = False,
         using: str | None = None,
-        **kwargs: Any,
+        signal: Any = None,
+        update_fields: Any = None,
+        **kwargs: Any,  # named above: Django's own arguments fill no dict
     ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
@@ -294,7 +295,12 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
         _on_commit(*binding.message(instance, action, get_settings()), using)
 
     def on_delete(
-        sender: Any, instance: models.Model, using: str | None = None, **kwargs: Any
+        sender: Any,
+        instance: models.Model,
+        using: str | None = None,
+        signal: Any = None,
+        origin: Any = None,
+        **kwargs: Any,
     ) -> None:
         _on_commit(*binding.message(instance, "deleted", get_settings()), using)
 

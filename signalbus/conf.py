@@ -109,6 +109,19 @@ def _patterns(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
         raise ConfigurationError(f"SIGNALBUS[{key!r}]: {exc}") from None
 
 
+def _source(raw: Mapping[str, Any]) -> str | None:
+    """``SOURCE``, checked once here instead of in every event (it goes into SSE lines)."""
+    value = raw.get("SOURCE")
+    if value is not None and (
+        not isinstance(value, str) or not value or any(c in value for c in "\r\n\x00")
+    ):
+        raise ConfigurationError(
+            f"SIGNALBUS['SOURCE'] must be a non-empty string without CR, LF or NUL,"
+            f" not {value!r:.80}"
+        )
+    return value
+
+
 def _is_module_path(value: object) -> bool:
     return isinstance(value, str) and all(part.isidentifier() for part in value.split("."))
 
@@ -178,7 +191,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         client_queue=_positive(raw, "CLIENT_QUEUE"),
         keepalive=_positive(raw, "KEEPALIVE"),
         retry_ms=_positive(raw, "RETRY_MS"),
-        source=raw.get("SOURCE"),
+        source=_source(raw),
         zmq_connect_timeout=_positive(raw, "ZMQ_CONNECT_TIMEOUT"),
         exchange=str(raw.get("EXCHANGE", "signalbus")),
         publish_timeout=_positive(raw, "PUBLISH_TIMEOUT"),
@@ -203,9 +216,17 @@ class _Checked:
     last: tuple[object, Settings] | None = None
 
 
+# Django's LazySettings keeps each setting it has read in its own __dict__ and forgets it
+# whenever a setting changes (override_settings included); reading it there skips its
+# Python-level __getattribute__, which costs an event more than the rest of this lookup.
+_read_settings: dict[str, Any] = object.__getattribute__(django_settings, "__dict__")
+
+
 def get_settings() -> Settings:
     """The project's settings, checked. Needs Django configured."""
-    raw = getattr(django_settings, "SIGNALBUS", {})
+    raw = _read_settings.get("SIGNALBUS")
+    if raw is None:  # not read since the last change, or not set
+        raw = getattr(django_settings, "SIGNALBUS", {})
     last = _Checked.last
     if last is None or last[0] is not raw:
         last = _Checked.last = (raw, parse_settings(raw))

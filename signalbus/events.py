@@ -33,6 +33,7 @@ class _IdClock:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last = 0
+        self._second = (0, "")
         self._node = os.urandom(8).hex()
         os.register_at_fork(after_in_child=self._reseed)
 
@@ -43,16 +44,17 @@ class _IdClock:
     def next(self) -> tuple[str, str]:
         """A new id, and the time it names in RFC 3339, UTC, with microseconds."""
         with self._lock:
-            now = max(time.time_ns(), self._last + 1)
+            now = time.time_ns()
+            if now <= self._last:
+                now = self._last + 1
             self._last = now
         seconds, rest = divmod(now, 1_000_000_000)
-        return f"{now:016x}{self._node}", f"{_format_second(seconds)}.{rest // 1000:06d}Z"
-
-
-@functools.lru_cache(maxsize=4)
-def _format_second(seconds: int) -> str:
-    """The time up to the second, formatted once per second."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        second = self._second
+        if seconds != second[0]:  # the date and time to the second, formatted once a second
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+            second = self._second = (seconds, stamp)
+        # 8 bytes, 16 hex digits, until 2554: the ids sort as strings
+        return now.to_bytes(8).hex() + self._node, f"{second[1]}{rest // 1000:06d}Z"
 
 
 _clock = _IdClock()
@@ -87,12 +89,13 @@ def envelope(
         "id": event_id,
         "source": source,
         "type": type,
+        "subject": subject,
+        "time": time,
+        "datacontenttype": datacontenttype,
+        "topic": topic,
     }
-    if subject is not None:
-        out["subject"] = subject
-    out["time"] = time
-    out["datacontenttype"] = datacontenttype
-    out["topic"] = topic
+    if subject is None:
+        del out["subject"]
     if extensions:
         out.update(extensions)
     if data is not None:
