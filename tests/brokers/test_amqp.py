@@ -546,9 +546,13 @@ async def test_consumer_reconnects_after_a_cut_and_gets_what_follows(
         proxy.restore()
         await until(lambda: consumer.ready)
         await anyio.to_thread.run_sync(send, broker, "cut.after")
-        await received.wait_for(3)
+        await received.wait_until(lambda: "cut.after" in received.topics)
         tg.cancel_scope.cancel()
-    assert received.topics == ["cut.before", "cut.during", "cut.after"]
+    # At least once: when the cut also took the ack of "cut.before", it comes again.
+    assert list(dict.fromkeys(received.topics)) == ["cut.before", "cut.during", "cut.after"]
+    assert len(set(received.ids)) == 3  # a repeat is the same event, not a new one
+    assert received.topics.count("cut.before") <= 2
+    assert received.topics[-2:] == ["cut.during", "cut.after"]
     # The loop never stalled: a blocking reconnect would hold it for seconds (the bound
     # leaves room for a machine busy with other work).
     assert max(lags) < 1.0
