@@ -122,7 +122,7 @@ class _CommitBatch:
 
 
 def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> None:
-    connection = connections[using or DEFAULT_DB_ALIAS]
+    connection = connections[DEFAULT_DB_ALIAS if using is None else using]
     hooks = connection.run_on_commit
     if hooks and connection.in_atomic_block:
         last = hooks[-1][1]

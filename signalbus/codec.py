@@ -15,6 +15,7 @@ import base64
 import datetime as dt
 import decimal
 import json
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,39 +45,42 @@ def to_json_value(value: Any) -> Any:
     raise TypeError(f"a {type(value).__name__} has no lossless JSON form: {value!r:.80}")
 
 
-def _make_chunks() -> Callable[[Any, int], Sequence[str]]:
-    """The encoder, built once: ``encoder(value, 0)`` is the JSON text in chunks.
-    ``JSONEncoder.encode`` builds its C encoder anew on every call, a third of the cost of
-    a small event; the C encoder itself is reusable when it keeps no circularity markers
-    (a circular value then fails as too deep instead)."""
-    make = getattr(json.encoder, "c_make_encoder", None)  # CPython's; not in typeshed
-    if make is None:  # an interpreter without the C accelerator
-        encode = json.JSONEncoder(
-            ensure_ascii=False, separators=(",", ":"), default=to_json_value, allow_nan=False
-        ).encode
-        return lambda value, _level: (encode(value),)
-    encoder: Callable[[Any, int], Sequence[str]] = make(
-        None, to_json_value, json.encoder.encode_basestring, None, ":", ",", False, False, False
-    )
-    return encoder
+class _Encoder(threading.local):
+    """This thread's encoder, built once: ``JSONEncoder.encode`` builds its C encoder anew
+    on every call, a third of the cost of a small event. Its circularity markers are this
+    thread's alone, and are emptied after a failure, which can leave some behind."""
+
+    def __init__(self) -> None:
+        self.markers: dict[int, Any] = {}
+        make = getattr(json.encoder, "c_make_encoder", None)  # CPython's; not in typeshed
+        if make is None:  # an interpreter without the C accelerator
+            encode = json.JSONEncoder(
+                ensure_ascii=False, separators=(",", ":"), default=to_json_value, allow_nan=False
+            ).encode
+            self.chunks: Callable[[Any, int], Sequence[str]] = lambda value, _: (encode(value),)
+            return
+        self.chunks = make(
+            self.markers, to_json_value, json.encoder.encode_basestring, None, ":", ",",
+            False, False, False,
+        )  # fmt: skip
 
 
-_chunks = _make_chunks()
+_encoder = _Encoder()
 # Outside strings JSON has none of these, so escaping them everywhere keeps the value.
 _LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def dumps(value: Any) -> bytes:
     """One line of UTF-8 JSON; `InvalidEvent` for a value that has no lossless form."""
+    encoder = _encoder
     try:
-        text = "".join(_chunks(value, 0))
+        text = "".join(encoder.chunks(value, 0))
         if not text.isascii():  # the three line breaks are not ASCII
             text = text.translate(_LINE_BREAKS)
         return text.encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
+        encoder.markers.clear()
         raise InvalidEvent(f"cannot encode event: {exc}") from exc
-    except RecursionError:
-        raise InvalidEvent("cannot encode event: a value is circular or nested too deep") from None
 
 
 def loads(body: bytes | str) -> Any:

@@ -110,14 +110,12 @@ def _patterns(raw: Mapping[str, Any], key: str) -> tuple[str, ...]:
 
 
 def _source(raw: Mapping[str, Any]) -> str | None:
-    """``SOURCE``, checked once here instead of in every event (it goes into SSE lines)."""
-    value = raw.get("SOURCE")
-    if value is not None and (
-        not isinstance(value, str) or not value or any(c in value for c in "\r\n\x00")
-    ):
+    """``SOURCE``, checked once here instead of in every event (it goes into SSE lines);
+    empty or unset means the default, ``//<hostname>``."""
+    value = raw.get("SOURCE") or None
+    if value is not None and (not isinstance(value, str) or any(c in value for c in "\r\n\x00")):
         raise ConfigurationError(
-            f"SIGNALBUS['SOURCE'] must be a non-empty string without CR, LF or NUL,"
-            f" not {value!r:.80}"
+            f"SIGNALBUS['SOURCE'] must be a string without CR, LF or NUL, not {value!r:.80}"
         )
     return value
 

@@ -33,7 +33,7 @@ class _IdClock:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last = 0
-        self._second = (0, "")
+        self._second = (-1, "")  # no second yet
         self._node = os.urandom(8).hex()
         os.register_at_fork(after_in_child=self._reseed)
 

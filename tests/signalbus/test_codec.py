@@ -8,6 +8,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import subprocess
 import sys
 import uuid
 
@@ -223,13 +224,37 @@ def test_without_the_c_accelerator_the_bytes_are_the_same(
 ) -> None:
     expected = codec.dumps(value)
     monkeypatch.setattr(json.encoder, "c_make_encoder", None)
-    monkeypatch.setattr(codec, "_chunks", codec._make_chunks())
+    monkeypatch.setattr(codec, "_encoder", codec._Encoder())
     assert codec.dumps(value) == expected
-    assert json.loads(expected) == json.loads(codec.dumps(value))
     loop: list[object] = []
     loop.append(loop)
-    with pytest.raises(InvalidEvent, match=r"[Cc]ircular"):
+    with pytest.raises(InvalidEvent, match=r"Circular reference detected"):
         codec.dumps(loop)
+
+
+def test_a_value_that_failed_once_encodes_once_fixed() -> None:
+    # The encoder is kept: a failure must not leave the value marked as being encoded.
+    value: dict[str, list[object]] = {"items": [1, object()]}
+    with pytest.raises(InvalidEvent, match="has no lossless JSON form"):
+        codec.dumps(value)
+    value["items"].pop()
+    assert codec.dumps(value) == b'{"items":[1]}'
+
+
+def test_a_circular_value_is_caught_even_with_a_high_recursion_limit() -> None:
+    # Without circularity markers the C encoder would recurse until the C stack overflows.
+    code = (
+        "import sys; from django.conf import settings; settings.configure()\n"
+        "from signalbus import codec\n"
+        "sys.setrecursionlimit(1_000_000); loop = []; loop.append(loop)\n"
+        "try: codec.dumps({'data': loop})\n"
+        "except codec.InvalidEvent as exc: print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (
+        0,
+        "cannot encode event: Circular reference detected",
+    ), done.stderr[-2000:]
 
 
 def test_one_encoder_serves_many_threads_encoding_the_same_value() -> None:

@@ -91,13 +91,18 @@ def test_non_positive_or_non_numeric_sizes_are_rejected(key: str, value: object)
         parse_settings({key: value})
 
 
-@pytest.mark.parametrize("value", ["//web-1\r\nX-Evil: 1", "//a\nb", "//a\x00", "", 42])
+@pytest.mark.parametrize("value", ["//web-1\r\nX-Evil: 1", "//a\nb", "//a\x00", 42])
 def test_a_source_that_cannot_go_into_an_event_is_rejected(value: object) -> None:
     with pytest.raises(
         ConfigurationError,
-        match=r"SIGNALBUS\['SOURCE'\] must be a non-empty string without CR, LF or NUL",
+        match=r"SIGNALBUS\['SOURCE'\] must be a string without CR, LF or NUL",
     ):
         parse_settings({"SOURCE": value})
+
+
+@pytest.mark.parametrize("value", ["", None])
+def test_an_empty_source_is_the_default(value: object) -> None:
+    assert parse_settings({"SOURCE": value}).source is None  # //<hostname> in events
 
 
 @pytest.mark.parametrize(

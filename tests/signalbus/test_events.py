@@ -107,6 +107,21 @@ def test_time_is_the_instant_of_the_id_to_the_microsecond(monkeypatch: pytest.Mo
     assert event.id.startswith(f"{ns + 999:016x}")
 
 
+@pytest.mark.parametrize(
+    ("ns", "stamp"),
+    [
+        (500_000_000, "1970-01-01T00:00:00.500000Z"),  # the first second of all
+        (1_764_467_999_999_999_000, "2025-11-30T01:59:59.999999Z"),
+        (1_764_468_000_000_000_000, "2025-11-30T02:00:00.000000Z"),  # a new second
+    ],
+)
+def test_a_fresh_clock_tells_the_time_of_any_second(
+    ns: int, stamp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    assert events._IdClock().next()[1] == stamp
+
+
 # -- ids ----------------------------------------------------------------------------------
 
 
