@@ -194,7 +194,10 @@ class ModelBinding:
     subject_prefix: str  # "/app_label/model_name/": the subject without get_absolute_url
 
     def data(self, instance: models.Model) -> dict[str, Any]:
-        return {name: field.value_from_object(instance) for name, field in self.fields}
+        values = {}  # a loop: a comprehension is a call of its own, for a field or two
+        for name, field in self.fields:
+            values[name] = field.value_from_object(instance)
+        return values
 
     def message(
         self, instance: models.Model, action: str, settings: Settings
@@ -214,8 +217,8 @@ class ModelBinding:
         source = settings.source or default_source()  # checked with the settings
         subject = _subject(instance, self.subject_prefix, word)
         event_id, time = new_stamp()
-        parts = (event_id, source, f"{label}.{action}", time, topic)
-        body = codec.dumps(envelope(*parts, self.data(instance), subject))
+        kind, data = f"{label}.{action}", self.data(instance)
+        body = codec.dumps(envelope(event_id, source, kind, time, topic, data, subject))
         limit = settings.max_message_bytes
         if len(body) > limit:
             logger.warning(
@@ -225,7 +228,10 @@ class ModelBinding:
                 len(body),
                 limit,
             )
-            body = codec.dumps(envelope(*parts, None, subject, {"dataomitted": True}))
+            omitted = {"dataomitted": True}
+            body = codec.dumps(
+                envelope(event_id, source, kind, time, topic, None, subject, omitted)
+            )
         return topic, event_id, body
 
 
@@ -291,8 +297,10 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
     ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
-        action = "created" if created else "updated"
-        _on_commit(*binding.message(instance, action, get_settings()), using)
+        topic, event_id, body = binding.message(
+            instance, "created" if created else "updated", get_settings()
+        )
+        _on_commit(topic, event_id, body, using)
 
     def on_delete(
         sender: Any,
@@ -302,7 +310,8 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
         origin: Any = None,
         **kwargs: Any,
     ) -> None:
-        _on_commit(*binding.message(instance, "deleted", get_settings()), using)
+        topic, event_id, body = binding.message(instance, "deleted", get_settings())
+        _on_commit(topic, event_id, body, using)
 
     post_save.connect(on_save, sender=model, weak=False, dispatch_uid=uid)
     post_delete.connect(on_delete, sender=model, weak=False, dispatch_uid=uid)
