@@ -131,7 +131,8 @@ def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> Non
             return
     # A TestCase's transaction never commits: captureOnCommitCallbacks takes the entries
     # added during its block and leaves them in the list, so there each event keeps its own.
-    # A block's savepoint is unique to it, so a batch made outside them never meets one.
+    # That is decided once per batch: entering or leaving a block changes savepoint_ids, so a
+    # batch only ever takes events under the blocks it was made under.
     testcase = any(block._from_testcase for block in connection.atomic_blocks)
     batch = _CommitBatch(None if testcase else list(connection.savepoint_ids))
     batch.items.append((topic, event_id, body))
@@ -205,8 +206,8 @@ class ModelBinding:
         """The topic, id and body of the event of ``action`` on ``instance``, encoded now
         (the values as saved). Its topic and type are words checked at bind time, so only
         what a save can still get wrong is checked: the topic's length (a long key) and a
-        subject from ``get_absolute_url``. This skips `Event`, whose checks
-        cost as much as the rest of a model event."""
+        subject from ``get_absolute_url``. This skips `Event`, whose checks cost as much as
+        the rest of a model event."""
         label, word = self.label, pk_word(instance.pk)  # one topic word, whatever the key holds
         topic = f"{label}.{word}.{action}"
         if len(topic) > MAX_TOPIC_BYTES:
