@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from signalbus import Event
+from signalbus import hub as hub_module
 from signalbus.hub import Hub, Subscription, sse_frame
 
 pytestmark = pytest.mark.anyio
@@ -527,3 +528,79 @@ def test_frames_queued_with_no_event_loop_wait_for_the_reader() -> None:
         return await batch(sub)
 
     assert ids(anyio.run(read)) == [e.id for e in events]  # type: ignore[arg-type]
+
+
+# -- long fan-outs --------------------------------------------------------------------------
+
+
+def frames_of(stream: Stream) -> list[str]:
+    """Every frame a stream got, written or read, as its event's topic, in order."""
+    frames = [f for w in stream.writer.writes for f in w.split(b"\n\n")[:-1]]
+    frames += [f for b in stream.got if b for f in b"".join(b).split(b"\n\n")[:-1]]
+    return [parse(f + b"\n\n")[1]["topic"] for f in frames]
+
+
+@pytest.fixture
+def chunk_of_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "FAN_OUT_CHUNK", 2)
+
+
+@pytest.mark.usefixtures("chunk_of_two")
+async def test_a_long_fan_out_is_written_a_chunk_per_turn_and_a_later_event_joins_it() -> None:
+    hub = Hub()
+    async with idle_streams(hub, *[("a.*",)] * 5) as streams:
+        publish(hub, "a.1")
+        await asyncio.sleep(0)  # one turn of the loop: one chunk
+        assert sorted(len(s.writer.writes) for s in streams) == [0, 0, 0, 1, 1]
+        publish(hub, "a.2")  # joins the pass under way
+        await anyio.sleep(0.01)
+    writes = sorted([frame_ids(w) for w in s.writer.writes] for s in streams)
+    # the two written before a.2 arrived got it in a write of its own, after
+    assert sorted(len(w) for w in writes) == [1, 1, 1, 2, 2]
+    for stream in streams:
+        assert frames_of(stream) == ["a.1", "a.2"]
+    assert sum(len(w) == 1 and len(w[0]) == 2 for w in writes) == 3  # both in one write
+    assert hub.stats.frames_queued == 10
+
+
+@pytest.mark.usefixtures("chunk_of_two")
+async def test_other_events_wait_for_a_long_fan_out_and_every_stream_keeps_its_order() -> None:
+    hub = Hub()
+    async with idle_streams(hub, *[("a.*",)] * 4, ("a.*", "b.*")) as streams:
+        publish(hub, "a.1")
+        await asyncio.sleep(0)
+        publish(hub, "b.1")  # other streams: it waits for the pass
+        publish(hub, "a.2")
+        await anyio.sleep(0.01)
+    for stream in streams[:4]:
+        assert frames_of(stream) == ["a.1", "a.2"]
+    assert frames_of(streams[4]) == ["a.1", "b.1", "a.2"]
+
+
+@pytest.mark.usefixtures("chunk_of_two")
+async def test_a_reset_during_a_long_fan_out_comes_after_its_events() -> None:
+    hub = Hub()
+    async with idle_streams(hub, *[("#",)] * 5) as streams:
+        publish(hub, "a.1")
+        await asyncio.sleep(0)
+        publish(hub, "a.2")
+        hub.reset_all()
+        publish(hub, "a.3")
+        await anyio.sleep(0.01)
+    for stream in streams:
+        assert frames_of(stream) == ["a.1", "a.2", "signalbus.reset", "a.3"]
+
+
+@pytest.mark.usefixtures("chunk_of_two")
+async def test_an_event_arriving_during_a_catch_up_pass_waits_for_it() -> None:
+    hub = Hub()
+    async with idle_streams(hub, *[("a.*",)] * 5) as streams:
+        publish(hub, "a.1")
+        await asyncio.sleep(0)  # streams 1 and 2
+        publish(hub, "a.2")  # joins: 3 to 5 get it with a.1, 1 and 2 in a pass after
+        await asyncio.sleep(0)  # 3 and 4
+        await asyncio.sleep(0)  # 5, and the catch-up pass of a.2 begins with 1
+        publish(hub, "a.3")  # for every stream: it must not join the catch-up pass
+        await anyio.sleep(0.01)
+    for stream in streams:
+        assert frames_of(stream) == ["a.1", "a.2", "a.3"]
