@@ -1,5 +1,5 @@
 """The signalbus targets added to the peer harness's ``peers.py`` (paste below its
-``Signalbus`` class and add both to ``PEERS``; copy ``signalbus_direct_pub.py`` to its
+``Signalbus`` class and add them to ``PEERS``; copy ``signalbus_direct_pub.py`` to its
 ``apps/``). ``signalbus`` and ``signalbus-amqp`` are the harness's own."""
 
 # ruff: noqa: F821 (names of the harness's peers.py: Signalbus, HOST, PY, APPS, os, signalbus_cli)
@@ -37,3 +37,19 @@ class SignalbusDirect2(SignalbusDirect):
     def commands(self):
         (worker, env), pub = super().commands()
         return [([*worker, "--workers", "2"], env), pub]
+
+
+class SignalbusDirectOther(SignalbusDirect):
+    """``signalbus-direct`` running another checkout of signalbus, the one at
+    ``$SIGNALBUS_OTHER_SRC``, first on the path: a change and the code before it measured
+    side by side in one invocation."""
+
+    name = "signalbus-direct-other"
+    sub_addr = (HOST, 18101)
+    pub_addr = (HOST, 18102)
+    broker_url = f"zmq://{HOST}:18103"
+
+    def env(self):
+        env = super().env()
+        env["PYTHONPATH"] = os.pathsep.join([os.environ["SIGNALBUS_OTHER_SRC"], env["PYTHONPATH"]])
+        return env
