@@ -604,3 +604,17 @@ async def test_an_event_arriving_during_a_catch_up_pass_waits_for_it() -> None:
         await anyio.sleep(0.01)
     for stream in streams:
         assert frames_of(stream) == ["a.1", "a.2", "a.3"]
+
+
+@pytest.mark.usefixtures("chunk_of_two")
+async def test_streams_with_queued_frames_are_flushed_a_chunk_per_turn() -> None:
+    hub = Hub()
+    async with idle_streams(hub, *[("a.*", "b.*")] * 4, ("b.*",)) as streams:
+        publish(hub, "a.1")
+        publish(hub, "b.1")  # a burst for two sets of streams: queued, then flushed
+        await asyncio.sleep(0)
+        assert sorted(len(s.writer.writes) for s in streams) == [0, 0, 0, 1, 1]
+        await anyio.sleep(0.01)
+    for stream in streams[:4]:
+        assert frames_of(stream) == ["a.1", "b.1"]
+    assert frames_of(streams[4]) == ["b.1"]
