@@ -140,17 +140,6 @@ def _on_commit(topic: str, event_id: str, body: bytes, using: str | None) -> Non
     connection.on_commit(batch)
 
 
-def _enqueue(event: Event, using: str | None, limit: int) -> None:
-    """Encode now (the values as published), send on commit; ``limit``: MAX_MESSAGE_BYTES."""
-    body = event.encode()
-    if len(body) > limit:
-        raise InvalidEvent(
-            f"event on {event.topic} is {len(body)} bytes encoded, over MAX_MESSAGE_BYTES"
-            f" ({limit}); publish a reference to the data (an id, a URL) instead"
-        )
-    _on_commit(event.topic, event.id, body, using)
-
-
 def publish(
     topic: str,
     data: Any = None,
@@ -163,7 +152,13 @@ def publish(
     validate_topic(topic)
     settings = get_settings()
     event = Event.create(topic, data, type=type, subject=subject, source=settings.source)
-    _enqueue(event, using, settings.max_message_bytes)
+    body, limit = event.encode(), settings.max_message_bytes  # encoded now: the values as given
+    if len(body) > limit:
+        raise InvalidEvent(
+            f"event on {topic} is {len(body)} bytes encoded, over MAX_MESSAGE_BYTES"
+            f" ({limit}); publish a reference to the data (an id, a URL) instead"
+        )
+    _on_commit(topic, event.id, body, using)
     return event
 
 
@@ -195,10 +190,7 @@ class ModelBinding:
     subject_prefix: str  # "/app_label/model_name/": the subject without get_absolute_url
 
     def data(self, instance: models.Model) -> dict[str, Any]:
-        values = {}  # a loop: a comprehension is a call of its own, for a field or two
-        for name, field in self.fields:
-            values[name] = field.value_from_object(instance)
-        return values
+        return {name: field.value_from_object(instance) for name, field in self.fields}
 
     def message(
         self, instance: models.Model, action: str, settings: Settings
@@ -292,9 +284,7 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
         created: bool,
         raw: bool = False,
         using: str | None = None,
-        signal: Any = None,
-        update_fields: Any = None,
-        **kwargs: Any,  # named above: Django's own arguments fill no dict
+        **kwargs: Any,
     ) -> None:
         if raw:  # loaddata: fixtures are not application events
             return
@@ -304,12 +294,7 @@ def bind_model(model: type[models.Model], fields: Iterable[str]) -> ModelBinding
         _on_commit(topic, event_id, body, using)
 
     def on_delete(
-        sender: Any,
-        instance: models.Model,
-        using: str | None = None,
-        signal: Any = None,
-        origin: Any = None,
-        **kwargs: Any,
+        sender: Any, instance: models.Model, using: str | None = None, **kwargs: Any
     ) -> None:
         topic, event_id, body = binding.message(instance, "deleted", get_settings())
         _on_commit(topic, event_id, body, using)

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings as django_settings
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidEvent
+from .events import check_text
 from .topics import validate_pattern
 
 __all__ = [
@@ -113,11 +114,14 @@ def _source(raw: Mapping[str, Any]) -> str | None:
     """``SOURCE``, checked once here instead of in every event (it goes into SSE lines);
     empty or unset means the default, ``//<hostname>``."""
     value = raw.get("SOURCE") or None
-    if value is not None and (not isinstance(value, str) or any(c in value for c in "\r\n\x00")):
+    if value is None:
+        return None
+    try:
+        return check_text("source", value)
+    except InvalidEvent:
         raise ConfigurationError(
             f"SIGNALBUS['SOURCE'] must be a string without CR, LF or NUL, not {value!r:.80}"
-        )
-    return value
+        ) from None
 
 
 def _is_module_path(value: object) -> bool:

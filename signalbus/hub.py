@@ -400,8 +400,9 @@ class Hub:
         chunk = current.targets[start : current.pos]
         self._count(len(frames), size, [sub for sub in chunk if not sub.write(data, frames)])
 
-    def _count(self, frames: int, targets: int, overflowed: list[Subscription]) -> None:
-        self.stats.frames_queued += frames * (targets - len(overflowed))
+    def _count(self, frames: int, written: int, overflowed: list[Subscription]) -> None:
+        """``frames`` each to ``written`` subscriptions, of which ``overflowed`` were closed."""
+        self.stats.frames_queued += frames * (written - len(overflowed))
         for sub in overflowed:
             self.stats.overflow_disconnects += 1
             self.unsubscribe(sub)
