@@ -53,3 +53,17 @@ class SignalbusDirectOther(SignalbusDirect):
         env = super().env()
         env["PYTHONPATH"] = os.pathsep.join([os.environ["SIGNALBUS_OTHER_SRC"], env["PYTHONPATH"]])
         return env
+
+
+class SignalbusDirectOther2(SignalbusDirectOther):
+    """``signalbus-direct-other`` with ``signalbus worker --workers 2``: a change to the
+    scale-out path and the code before it, side by side."""
+
+    name = "signalbus-direct-other-w2"
+    sub_addr = (HOST, 18104)
+    pub_addr = (HOST, 18105)
+    broker_url = f"zmq://{HOST}:18106"
+
+    def commands(self):
+        (worker, env), pub = super().commands()
+        return [([*worker, "--workers", "2"], env), pub]
