@@ -4,8 +4,9 @@
                                      [--broker zmq|amqp]
 
 For each N (and each of ``--repeat`` runs) a fresh worker (``python -m
-signalbus worker``) is started; a load-generator process (`benchmarks.loadgen`)
-opens N ``GET /events?topic=bench.#`` streams; this process is the Django
+signalbus worker``) is started; ``--loadgens`` load-generator processes
+(`benchmarks.loadgen`; default 1, where the peer harness has 2) open N ``GET
+/events?topic=bench.#`` streams between them; this process is the Django
 publisher: it saves ``rate x duration`` Tick rows at the paced rate, each in
 autocommit, each payload carrying ``time.time_ns()`` read just before
 ``save()``. Latency is the client's arrival time minus that stamp, so it
@@ -18,6 +19,7 @@ medians over ``--repeat`` runs.
 from __future__ import annotations
 
 import argparse
+import array
 import multiprocessing as mp
 import os
 import sys
@@ -61,26 +63,40 @@ class Result:
     figures: dict[str, float]
 
 
-def call(conn: Connection, *message: object, timeout: float = 60) -> Any:
-    """One command to the load generator, one reply."""
-    conn.send(message)
-    if not conn.poll(timeout):
-        raise TimeoutError(f"the load generator did not answer {message[0]!r} in {timeout} s")
-    return conn.recv()
+class LoadGenerators:
+    """The load-generator processes of a run, the clients split between them, driven as one."""
 
+    def __init__(self, children: Children, worker: Worker, clients: int, count: int) -> None:
+        context = mp.get_context("spawn")
+        port = int(worker.url.rsplit(":", 1)[1])
+        target = f"/events?topic={TOPIC}"
+        self.pids: list[int] = []
+        self.conns: list[Connection] = []
+        for share in (clients // count + (i < clients % count) for i in range(count)):
+            if not share:
+                continue
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=loadgen.main, args=(child, HOST, port, target, share), daemon=True
+            )
+            proc.start()
+            children.add(proc)
+            assert proc.pid is not None
+            self.pids.append(proc.pid)
+            self.conns.append(parent)
 
-def start_loadgen(children: Children, worker: Worker, clients: int) -> tuple[int, Connection]:
-    context = mp.get_context("spawn")
-    parent, child = context.Pipe()
-    port = int(worker.url.rsplit(":", 1)[1])
-    target = f"/events?topic={TOPIC}"
-    proc = context.Process(
-        target=loadgen.main, args=(child, HOST, port, target, clients), daemon=True
-    )
-    proc.start()
-    children.add(proc)
-    assert proc.pid is not None
-    return proc.pid, parent
+    def call(self, *message: object, timeout: float = 60) -> dict[str, Any]:
+        """One command to every load generator at once; their replies' counts summed."""
+        for conn in self.conns:
+            conn.send(message)
+        total: dict[str, Any] = {}
+        for conn in self.conns:
+            if not conn.poll(timeout):
+                raise TimeoutError(f"a load generator did not answer {message[0]!r} in {timeout} s")
+            reply = conn.recv()
+            for key, value in reply.items() if isinstance(reply, dict) else ():
+                total[key] = total[key] + value if key in total else value
+        return total
 
 
 def publish(run: int, seq: int, size: int) -> None:
@@ -103,12 +119,12 @@ def publish_paced(run: int, count: int, rate: float, size: int) -> float:
     return count / elapsed if elapsed > 0 else float("nan")
 
 
-def warm_up(conn: Connection, size: int, timeout: float) -> dict[str, Any]:
+def warm_up(loadgens: LoadGenerators, size: int, timeout: float) -> dict[str, Any]:
     """Publish warm-up events until every open client has received one (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     seq = 0
     while True:
-        status: dict[str, Any] = call(conn, "status")
+        status = loadgens.call("status")
         if status["warm"] >= status["open"] or time.monotonic() > deadline:
             return status
         publish(0, seq, size)
@@ -116,12 +132,14 @@ def warm_up(conn: Connection, size: int, timeout: float) -> dict[str, Any]:
         time.sleep(WARMUP_INTERVAL)
 
 
-def drain(conn: Connection, expected: int, window: CpuWindow, args: argparse.Namespace) -> None:
+def drain(
+    loadgens: LoadGenerators, expected: int, window: CpuWindow, args: argparse.Namespace
+) -> None:
     """Wait until every delivery arrived, or none arrived for ``--drain-timeout`` seconds."""
     deadline = time.monotonic() + args.max_wait
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        received = call(conn, "status")["received"]
+        received = loadgens.call("status")["received"]
         if received != last:
             last, since = received, time.monotonic()
             window.mark()
@@ -132,16 +150,16 @@ def drain(conn: Connection, expected: int, window: CpuWindow, args: argparse.Nam
 
 def connect_clients(
     children: Children, worker: Worker, clients: int, args: argparse.Namespace
-) -> tuple[int, Connection, dict[str, Any]]:
-    """The load generator with its clients open and subscribed; its pid, pipe and status."""
-    pid, conn = start_loadgen(children, worker, clients)
-    opened = call(conn, "connect", timeout=60 + clients / 20)
+) -> tuple[LoadGenerators, dict[str, Any]]:
+    """The load generators with their clients open and subscribed, and their status."""
+    loadgens = LoadGenerators(children, worker, clients, args.loadgens)
+    opened = loadgens.call("connect", timeout=60 + clients / 20)
     if opened["failed"]:
         print(f"  {opened['failed']} of {clients} clients could not connect", file=sys.stderr)
-    status = warm_up(conn, args.payload, timeout=20 + clients / 50)
+    status = warm_up(loadgens, args.payload, timeout=20 + clients / 50)
     if status["warm"] < status["open"]:
         print(f"  only {status['warm']} of {status['open']} clients subscribed", file=sys.stderr)
-    return pid, conn, status
+    return loadgens, status
 
 
 def measure(run: int, clients: int, env: dict[str, str], args: argparse.Namespace) -> Result:
@@ -151,36 +169,43 @@ def measure(run: int, clients: int, env: dict[str, str], args: argparse.Namespac
         worker = start_worker(children, env, Path(env["BENCH_DB_DIR"]) / f"worker-{run}.log")
         print(f"  run {run}: worker pid {worker.pid}, {clients} clients", file=sys.stderr)
         rss_before = memory_kb(worker.pid)
-        lg_pid, conn, status = connect_clients(children, worker, clients, args)
+        loadgens, status = connect_clients(children, worker, clients, args)
         time.sleep(1)  # let the worker settle before reading its idle memory
         idle_kb = (memory_kb(worker.pid) - rss_before) / max(1, status["open"])
-        call(conn, "begin", run)
-        window = CpuWindow([worker.pid, lg_pid])
+        loadgens.call("begin", run)
+        window = CpuWindow([worker.pid, *loadgens.pids])
         pub_rate = publish_paced(run, events, args.rate, args.payload)
         window.mark()
         expected = status["warm"] * events
-        drain(conn, expected, window, args)
-        summary = call(conn, "end", timeout=120)
+        drain(loadgens, expected, window, args)
+        summary = loadgens.call("end", timeout=120)
         figures = {"pub/s": pub_rate, **delivery_figures(summary, expected, window)}
         figures["peak RSS MB"] = memory_kb(worker.pid, "VmHWM") / 1024
         figures["idle KB/conn"] = idle_kb
-        call(conn, "close", timeout=30)
+        loadgens.call("close", timeout=30)
     shown = ", ".join(f"{k} {fmt(v, 1)}" for k, v in figures.items())
     print(f"  run {run}: {shown}", file=sys.stderr)
     return Result(clients, status["warm"], events, figures)
 
 
 def delivery_figures(summary: dict[str, Any], expected: int, window: CpuWindow) -> dict[str, float]:
-    worker_cpu, loadgen_cpu, publisher_cpu, others = window.percent()
+    worker_cpu, *loadgen_cpus, publisher_cpu, others = window.percent()
+    latencies = array.array("q")
+    latencies.frombytes(summary["latencies"])  # every load generator's, joined by `call`
+    ordered = sorted(latencies)
+
+    def percentile(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] / 1e6 if ordered else 0.0
+
     return {
         "deliveries": summary["received"],
         "lost": expected - summary["received"],
         "dropped": summary["dropped"],
-        **{k: summary[k] for k in ("p50", "p95", "p99", "max")},
+        **{k: percentile(q) for k, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1))},
         "deliv/s": summary["received"] / max(window.seconds, 1e-9),
         "events/write": summary["received"] / max(1, summary["writes"]),
         "worker CPU%": worker_cpu,
-        "loadgen CPU%": loadgen_cpu,
+        "loadgen CPU%": sum(loadgen_cpus),
         "publisher CPU%": publisher_cpu,
         "other CPU%": others,
     }
@@ -213,7 +238,8 @@ def print_results(results: list[Result], args: argparse.Namespace) -> None:
         head = [clients, min(r.connected for r in runs), fmt(args.rate), runs[0].events]
         rows.append(head + [fmt(median([r.figures[k] for r in runs]), d) for k, _, d in COLUMNS])
     print(
-        f"end-to-end latency ({args.broker}): medians of {args.repeat} run(s); latency from "
+        f"end-to-end latency ({args.broker}): medians of {args.repeat} run(s), "
+        f"{args.loadgens} load generator(s); latency from "
         "time.time_ns() just before save() (autocommit) to the client's read"
     )
     headers = ["clients", "subscribed", "rate/s", "events", *(h for _, h, _ in COLUMNS)]
@@ -262,10 +288,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--rate", type=float, default=100, help="events per second (default 100)")
     add("--duration", type=float, default=10, help="seconds of publishing (default 10)")
     add("--repeat", type=int, default=1, help="runs per N; the table shows medians")
+    add("--loadgens", type=int, default=1, help="load-generator processes (default 1)")
     add("--payload", type=int, default=100, help="bytes of padding in each payload")
     add("--drain-timeout", type=float, default=5, help="give up after this long without delivery")
     add("--max-wait", type=float, default=120, help="longest wait for deliveries after publishing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.loadgens < 1:
+        parser.error("--loadgens is a positive integer")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
