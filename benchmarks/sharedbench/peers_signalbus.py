@@ -1,6 +1,7 @@
 """The signalbus targets added to the peer harness's ``peers.py`` (paste below its
-``Signalbus`` class and add them to ``PEERS``; copy ``signalbus_direct_pub.py`` to its
-``apps/``). ``signalbus`` and ``signalbus-amqp`` are the harness's own."""
+``Signalbus`` class and add the ``Signalbus*`` classes to ``PEERS``; copy
+``signalbus_direct_pub.py`` to its ``apps/``). ``signalbus`` and ``signalbus-amqp`` are
+the harness's own."""
 
 # ruff: noqa: F821 (names of the harness's peers.py: Signalbus, HOST, PY, APPS, os, signalbus_cli)
 
@@ -26,17 +27,21 @@ class SignalbusDirect(Signalbus):
         return [(worker, env), (pub, env)]
 
 
-class SignalbusDirect2(SignalbusDirect):
+class TwoWorkers:
+    """A target's worker run with ``signalbus worker --workers 2``."""
+
+    def commands(self):
+        (worker, env), pub = super().commands()
+        return [([*worker, "--workers", "2"], env), pub]
+
+
+class SignalbusDirect2(TwoWorkers, SignalbusDirect):
     """``signalbus-direct`` with ``signalbus worker --workers 2``."""
 
     name = "signalbus-direct-w2"
     sub_addr = (HOST, 18098)
     pub_addr = (HOST, 18099)
     broker_url = f"zmq://{HOST}:18100"
-
-    def commands(self):
-        (worker, env), pub = super().commands()
-        return [([*worker, "--workers", "2"], env), pub]
 
 
 class SignalbusDirectOther(SignalbusDirect):
@@ -55,7 +60,7 @@ class SignalbusDirectOther(SignalbusDirect):
         return env
 
 
-class SignalbusDirectOther2(SignalbusDirectOther):
+class SignalbusDirectOther2(TwoWorkers, SignalbusDirectOther):
     """``signalbus-direct-other`` with ``signalbus worker --workers 2``: a change to the
     scale-out path and the code before it, side by side."""
 
@@ -63,7 +68,3 @@ class SignalbusDirectOther2(SignalbusDirectOther):
     sub_addr = (HOST, 18104)
     pub_addr = (HOST, 18105)
     broker_url = f"zmq://{HOST}:18106"
-
-    def commands(self):
-        (worker, env), pub = super().commands()
-        return [([*worker, "--workers", "2"], env), pub]
