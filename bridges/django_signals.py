@@ -202,16 +202,16 @@ class ModelBinding:
         the rest of a model event."""
         label, word = self.label, pk_word(instance.pk)  # one topic word, whatever the key holds
         topic = f"{label}.{word}.{action}"
-        if len(topic) > MAX_TOPIC_BYTES:
+        if len(topic) > MAX_TOPIC_BYTES:  # a long key: refused as any event's topic is
             try:
-                validate_topic(topic)
+                validate_topic(topic)  # raises, naming the length
             except InvalidTopic as exc:
                 raise InvalidEvent(f"event topic: {exc}") from None
         source = settings.source or default_source()  # checked with the settings
         subject = _subject(instance, self.subject_prefix, word)
         event_id, time = new_stamp()
-        kind, data = f"{label}.{action}", self.data(instance)
-        body = codec.dumps(envelope(event_id, source, kind, time, topic, data, subject))
+        parts = (event_id, source, f"{label}.{action}", time, topic)
+        body = codec.dumps(envelope(*parts, self.data(instance), subject))
         limit = settings.max_message_bytes
         if len(body) > limit:
             logger.warning(
@@ -221,10 +221,7 @@ class ModelBinding:
                 len(body),
                 limit,
             )
-            omitted = {"dataomitted": True}
-            body = codec.dumps(
-                envelope(event_id, source, kind, time, topic, None, subject, omitted)
-            )
+            body = codec.dumps(envelope(*parts, None, subject, {"dataomitted": True}))
         return topic, event_id, body
 
 
